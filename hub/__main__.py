@@ -1,0 +1,154 @@
+"""Command line of the `hub` package: share EPNG checkpoints and PNG datasets on the Hugging Face Hub.
+
+    python -m hub push-model DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
+                                 [--token T] [--dry-run] [--license LICENSE] [--dataset ID ...] [--keep-readme]
+    python -m hub push-dataset DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
+                                   [--token T] [--dry-run]
+    python -m hub model-card DIR [--repo-id ORG/NAME] [--license LICENSE] [--dataset ID ...] [--output FILE]
+
+Exit status: 0 on success, 2 for a folder or argument that cannot be pushed, 1 when the Hub refuses or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cards import DEFAULT_LICENSE, HubInputError, model_card
+from .push import push_dataset, push_model
+
+
+def _add_push_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument("folder", type=Path, help=f"local {kind} folder to upload")
+    parser.add_argument("--repo-id", required=True, help="target repository on the Hub, ORG/NAME")
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        default=None,
+        help="create the repository private (ignored if it already exists; default: the Hub's default visibility)",
+    )
+    parser.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
+    parser.add_argument("--commit-message", help="commit message (default: a short 'Upload ...' message)")
+    parser.add_argument(
+        "--token", help="Hub token with write access (default: the HF_TOKEN variable, else the saved `hf auth login`)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the target and the exact files that would be uploaded; write nothing, contact nothing",
+    )
+
+
+def _add_card_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--license", default=DEFAULT_LICENSE, help=f"license of the weights in the card (default: {DEFAULT_LICENSE})"
+    )
+    parser.add_argument(
+        "--dataset",
+        dest="datasets",
+        action="append",
+        metavar="ID",
+        help="Hub id of a training dataset (repeatable; default: dataset_name of training_args.json)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `python -m hub`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hub", description="Share EPNG checkpoints and PNG datasets on the Hugging Face Hub."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    push_model_parser = commands.add_parser(
+        "push-model",
+        help="upload an EPNG checkpoint folder, with a generated model card",
+        description="Check an EPNG checkpoint folder (config, safetensors weights, processor, tokenizer), write its "
+        "README.md model card, and upload it to a Hub model repository. Training leftovers (checkpoint-*/, "
+        "optimizer and scheduler states, runs/, *.bin pickles) are not uploaded.",
+    )
+    _add_push_arguments(push_model_parser, "checkpoint")
+    _add_card_arguments(push_model_parser)
+    push_model_parser.add_argument(
+        "--keep-readme",
+        action="store_true",
+        help="upload the folder's README.md as it is instead of regenerating the model card",
+    )
+
+    push_dataset_parser = commands.add_parser(
+        "push-dataset",
+        help="upload a converted PNG dataset folder (parquet files + README.md)",
+        description="Upload the parquet files and the README.md dataset card of a folder written by "
+        "processing/png_dataset.py to a Hub dataset repository. The card must exist and declare `configs`.",
+    )
+    _add_push_arguments(push_dataset_parser, "dataset")
+
+    card_parser = commands.add_parser(
+        "model-card",
+        help="write the model card of a checkpoint folder without uploading anything",
+        description="Render the README.md model card of an EPNG checkpoint folder (to preview it before a push).",
+    )
+    card_parser.add_argument("folder", type=Path, help="checkpoint folder")
+    card_parser.add_argument("--repo-id", help="Hub id used as model name and in the usage snippet (default: folder)")
+    _add_card_arguments(card_parser)
+    card_parser.add_argument("--output", help="file to write, '-' for standard output (default: FOLDER/README.md)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "model-card":
+        card = model_card(args.folder, args.repo_id, datasets=args.datasets, license=args.license)
+        if args.output == "-":
+            print(card, end="")
+            return
+        output = Path(args.output) if args.output else args.folder / "README.md"
+        output.write_text(card, encoding="utf-8")
+        print(f"Model card written to {output}")
+        return
+
+    push_arguments = dict(
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        token=args.token,
+        dry_run=args.dry_run,
+    )
+    if args.command == "push-model":
+        upload = push_model(
+            args.folder,
+            args.repo_id,
+            license=args.license,
+            datasets=args.datasets,
+            write_card=not args.keep_readme,
+            **push_arguments,
+        )
+    else:
+        upload = push_dataset(args.folder, args.repo_id, **push_arguments)
+
+    if args.dry_run:
+        print("Dry run: nothing written, the Hub was not contacted.")
+        print(upload.describe())
+    else:
+        print(f"Pushed {len(upload.files)} files to {upload.repo_type} {upload.repo_id}@{upload.revision}")
+        print(f"Commit: {upload.commit_url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status (0 success, 2 bad folder or argument, 1 Hub failure)."""
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except (HubInputError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # The Hub client's failures: HTTP errors (HfHubHTTPError), no token (LocalTokenNotFoundError), offline mode, and
+    # requests it rejects before sending (ValueError). The message never contains the token.
+    except (OSError, ValueError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: Hub request failed: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

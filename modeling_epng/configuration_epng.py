@@ -1,0 +1,209 @@
+"""EPNG model configuration.
+
+Every hyper-parameter of the EPNG network (Wang et al., "Towards Real-Time Panoptic Narrative Grounding by an
+End-to-End Grounding Network", AAAI 2023). Defaults are the paper's; switches named ``*reference*`` reproduce
+the authors' public code where it departs from the paper (needed to load their checkpoints exactly).
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+LPA_DISTANCES = ("euclidean", "squared")
+SELF_ATTENTION_TYPES = ("lpa", "mhsa", "mhsa_sine")
+LAYER_FORMS = ("paper", "reference")
+SAL_VARIANTS = ("bidirectional", "reference")
+LPA_IMPLEMENTATIONS = ("explicit", "flex")
+RESNET101_STAGE_DEPTHS = [3, 4, 23, 3]
+
+
+@strict
+class EpngConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`EpngForPanopticNarrativeGrounding`]. The defaults build the paper's model: ResNet-101 + FPN,
+    BERT-base (frozen), three 768-d communicator layers with Locality-Perceptive Attention, BCE + Dice + SAL.
+
+    backbone_config (`dict` or `PreTrainedConfig`, *optional*):
+        Config of the visual backbone, built through transformers' backbone API (`AutoBackbone.from_config`), so a
+        ResNet-50, Swin, ConvNeXt or `timm_backbone` config plugs in unchanged. It must expose three feature maps of
+        strides 8, 16 and 32 (C3, C4, C5). Defaults to ResNet-101 with `out_features=["stage2","stage3","stage4"]`.
+    text_config (`dict` or `PreTrainedConfig`, *optional*):
+        Config of the text encoder (any `AutoModel` encoder returning hidden states). Defaults to BERT-base.
+    fpn_channels (`int`, *optional*, defaults to 256):
+        Channels of every FPN level (P3, P4, P5).
+    hidden_size (`int`, *optional*, defaults to 768):
+        Channels C of the fused pixel map and of the phrase embeddings; must equal `3 * fpn_channels` because the
+        fusion concatenates P3, P4 and P5.
+    num_communicator_layers (`int`, *optional*, defaults to 3):
+        Number S of multi-modal communicator layers.
+    num_attention_heads (`int`, *optional*, defaults to 8):
+        Heads of the LPA and of the cross attention; `hidden_size` must be divisible by it (d_k = 96 by default).
+    ffn_dim (`int`, *optional*, defaults to 2048):
+        Inner size of the communicator's feed-forward network.
+    dropout (`float`, *optional*, defaults to 0.1):
+        Dropout on attention outputs and in the feed-forward network.
+    attention_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout on attention probabilities (the reference code applies none).
+    layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+        Epsilon of the communicator's LayerNorms.
+    self_attention_type (`str`, *optional*, defaults to `"lpa"`):
+        Pixel self-attention of the communicator: `"lpa"` (Locality-Perceptive Attention), or the ablations of the
+        paper's table 2: `"mhsa"` (plain multi-head self-attention) and `"mhsa_sine"` (plus a 2-D sinusoidal
+        position embedding added to queries and keys).
+    lpa_distance (`str`, *optional*, defaults to `"euclidean"`):
+        Distance prior D of LPA: `"euclidean"` (paper: min(||m - n||, truncation)) or `"squared"` (reference code:
+        clamp(||m - n||^2, 0, truncation)).
+    lpa_truncation (`float`, *optional*, defaults to 2.0):
+        Truncation of the LPA distance.
+    lpa_weight_init (`float`, *optional*, defaults to 1.0):
+        Initial value of the learnable per-head scalar w_j that scales the distance prior.
+    lpa_implementation (`str`, *optional*, defaults to `"explicit"`):
+        `"explicit"`: logits, prior product and softmax as separate tensors (exact, the fastest path on CPU).
+        `"flex"`: `torch.nn.attention.flex_attention` with the prior as a `score_mod` (no (HW)^2 tensor kept).
+    communicator_layer_form (`str`, *optional*, defaults to `"paper"`):
+        `"paper"`: post-norm layers (residual + LayerNorm after each block). `"reference"`: the authors' code,
+        which wraps each attention block in a second residual + LayerNorm (needed for their checkpoints).
+    text_pooled_layers (`int`, *optional*, defaults to 4):
+        Token features are the mean of the last `text_pooled_layers` hidden layers of the text encoder.
+    text_projection_activation (`str`, *optional*, defaults to `"relu6"`):
+        Activation after the Linear(text hidden -> hidden_size) phrase projection (`"relu6"`, `"relu"` or
+        `"identity"`).
+    upsample_align_corners (`bool`, *optional*, defaults to `True`):
+        `align_corners` of every bilinear upsampling (fusion, dense head, loss), as in the reference code.
+    bce_weight (`float`, *optional*, defaults to 2.0):
+        Weight lambda_1 of the binary cross-entropy loss.
+    dice_weight (`float`, *optional*, defaults to 2.0):
+        Weight lambda_2 of the Dice loss.
+    sal_weight (`float`, *optional*, defaults to 1.0):
+        Weight lambda_3 of the Semantic Alignment Loss; 0 switches SAL off (and skips computing it).
+    dice_eps (`float`, *optional*, defaults to 1e-3):
+        Epsilon of the Dice loss 1 - 2 sum(pg) / (sum p^2 + sum g^2 + 2 eps).
+    sal_variant (`str`, *optional*, defaults to `"bidirectional"`):
+        `"bidirectional"`: phrase->pixel plus pixel->phrase terms (paper Eq. 13-14). `"reference"`: the authors'
+        code, phrase->pixel only, log of (sum of positive exps) / (sum of all exps).
+    sal_temperature (`float`, *optional*, defaults to 10.0):
+        Temperature tau dividing the phrase-pixel dot products in SAL (the reference code's 0.1 factor; the paper
+        does not state its value).
+    freeze_text_encoder (`bool`, *optional*, defaults to `True`):
+        Keep the text encoder frozen (the paper precomputes its features).
+    backbone_trainable_stages (`int`, *optional*, defaults to 2):
+        Number of last backbone stages that train (2 = C4 and C5 of ResNet); the stem and earlier stages are
+        frozen. -1 trains the whole backbone.
+    freeze_backbone_batch_norm (`bool`, *optional*, defaults to `True`):
+        Replace the backbone's BatchNorm layers with frozen ones (fixed statistics and affine parameters).
+    mask_threshold (`float`, *optional*, defaults to 0.5):
+        Probability threshold that turns mask probabilities into binary masks.
+    init_std (`float`, *optional*, defaults to 0.02):
+        Standard deviation of the normal initialisation of the communicator and projection weights.
+    """
+
+    model_type = "epng"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="resnet",
+            init_kwargs={
+                "depths": RESNET101_STAGE_DEPTHS,
+                "layer_type": "bottleneck",
+                "out_features": ["stage2", "stage3", "stage4"],
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    fpn_channels: int = 256
+    hidden_size: int = 768
+    num_communicator_layers: int = 3
+    num_attention_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float | int = 0.1
+    attention_dropout: float | int = 0.0
+    layer_norm_eps: float = 1e-5
+    self_attention_type: str = "lpa"
+    lpa_distance: str = "euclidean"
+    lpa_truncation: float | int = 2.0
+    lpa_weight_init: float | int = 1.0
+    lpa_implementation: str = "explicit"
+    communicator_layer_form: str = "paper"
+    text_pooled_layers: int = 4
+    text_projection_activation: str = "relu6"
+    upsample_align_corners: bool = True
+    bce_weight: float | int = 2.0
+    dice_weight: float | int = 2.0
+    sal_weight: float | int = 1.0
+    dice_eps: float = 1e-3
+    sal_variant: str = "bidirectional"
+    sal_temperature: float | int = 10.0
+    freeze_text_encoder: bool = True
+    backbone_trainable_stages: int = 2
+    freeze_backbone_batch_norm: bool = True
+    mask_threshold: float = 0.5
+    init_std: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_fields()
+
+    def _check_fields(self):
+        """Raise `ValueError` naming the field for any config that cannot build a working model."""
+        choices = {
+            "self_attention_type": SELF_ATTENTION_TYPES,
+            "lpa_distance": LPA_DISTANCES,
+            "lpa_implementation": LPA_IMPLEMENTATIONS,
+            "communicator_layer_form": LAYER_FORMS,
+            "sal_variant": SAL_VARIANTS,
+            "text_projection_activation": ("relu6", "relu", "identity"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"EpngConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+        for field in ("fpn_channels", "hidden_size", "num_communicator_layers", "num_attention_heads", "ffn_dim"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"EpngConfig.{field} must be a positive integer, got {getattr(self, field)}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"EpngConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.hidden_size != 3 * self.fpn_channels:
+            raise ValueError(
+                f"EpngConfig.hidden_size ({self.hidden_size}) must equal 3 * fpn_channels ({3 * self.fpn_channels}): "
+                "the fused pixel map concatenates P3, P4 and P5"
+            )
+        for field in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise ValueError(f"EpngConfig.{field} must be in [0, 1), got {getattr(self, field)}")
+        if self.lpa_truncation <= 0:
+            raise ValueError(f"EpngConfig.lpa_truncation must be positive, got {self.lpa_truncation}")
+        if self.sal_temperature <= 0:
+            raise ValueError(f"EpngConfig.sal_temperature must be positive, got {self.sal_temperature}")
+        for field in ("bce_weight", "dice_weight", "sal_weight"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"EpngConfig.{field} must be >= 0, got {getattr(self, field)}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"EpngConfig.mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.text_pooled_layers < 1:
+            raise ValueError(f"EpngConfig.text_pooled_layers must be >= 1, got {self.text_pooled_layers}")
+        num_text_layers = getattr(self.text_config, "num_hidden_layers", None)
+        if num_text_layers is not None and self.text_pooled_layers > num_text_layers + 1:
+            raise ValueError(
+                f"EpngConfig.text_pooled_layers ({self.text_pooled_layers}) exceeds the text encoder's "
+                f"{num_text_layers + 1} hidden states"
+            )
+        out_features = getattr(self.backbone_config, "out_features", None)
+        if out_features is not None and len(out_features) != 3:
+            raise ValueError(
+                f"EpngConfig.backbone_config.out_features must name the three stages of strides 8, 16, 32 "
+                f"(C3, C4, C5), got {out_features}"
+            )
+        if self.backbone_trainable_stages < -1:
+            raise ValueError(
+                f"EpngConfig.backbone_trainable_stages must be -1 (all) or >= 0, got {self.backbone_trainable_stages}"
+            )
+
+
+__all__ = ["EpngConfig"]

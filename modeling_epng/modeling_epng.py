@@ -1,0 +1,526 @@
+"""EPNG: one-stage Panoptic Narrative Grounding network.
+
+Data flow (shapes for an H x W input, C = hidden_size):
+
+1. `EpngVisualEncoder`: backbone C3, C4, C5 -> FPN P3, P4, P5 (fpn_channels each) -> fused pixel map
+   concat[avgpool(P3), P4, upsample(P5)] of shape (B, C, H/16, W/16).
+2. `EpngPhraseEncoder`: frozen text encoder -> token features (mean of the last hidden layers) -> phrase features
+   (mean over each phrase's tokens) -> Linear + ReLU6 -> phrase embeddings (B, P, C).
+3. `EpngCommunicator`: S layers of [LPA over pixel tokens, cross attention pixels -> phrases, FFN].
+4. Dense head: pixel map upsampled 4x to (B, C, H/4, W/4); each phrase embedding is a 1x1 kernel over it, giving
+   mask logits (B, P, H/4, W/4).
+5. Loss (when `mask_labels` are given): BCE + Dice on probabilities upsampled to H x W, SAL at H/4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
+from transformers.utils import ModelOutput
+
+from .attention import EpngCrossAttention, EpngLocalityPerceptiveAttention, sine_position_embedding
+from .configuration_epng import EpngConfig
+from .losses import (
+    mask_bce_loss,
+    mask_dice_loss,
+    pool_targets,
+    prepare_mask_targets,
+    semantic_alignment_loss,
+)
+
+FUSED_STRIDE = 16
+MASK_STRIDE = 4
+INPUT_MULTIPLE = 32
+
+
+@dataclass
+class EpngOutput(ModelOutput):
+    """
+    Output of [`EpngForPanopticNarrativeGrounding`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted total loss, returned when `mask_labels` are given.
+        bce_loss, dice_loss, sal_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The unweighted loss terms (SAL is absent when `sal_weight` is 0).
+        mask_logits (`torch.FloatTensor` of shape `(B, P, H/4, W/4)`):
+            Mask logits of every phrase slot (padding slots included; use `phrase_mask`).
+        phrase_embeddings (`torch.FloatTensor` of shape `(B, P, C)`):
+            Phrase embeddings F_N used as dynamic 1x1 kernels.
+        pixel_embeddings (`torch.FloatTensor` of shape `(B, C, H/4, W/4)`):
+            Upsampled pixel features F after the communicator.
+        lpa_attentions (`tuple(torch.FloatTensor)`, *optional*):
+            One `(B, heads, N, N)` tensor per communicator layer (N = H/16 * W/16, row-major), when
+            `output_attentions=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    bce_loss: torch.FloatTensor | None = None
+    dice_loss: torch.FloatTensor | None = None
+    sal_loss: torch.FloatTensor | None = None
+    mask_logits: torch.FloatTensor | None = None
+    phrase_embeddings: torch.FloatTensor | None = None
+    pixel_embeddings: torch.FloatTensor | None = None
+    lpa_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class EpngFrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (buffers, same state-dict keys as BatchNorm2d)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return hidden_states * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def freeze_batch_norms(module: nn.Module) -> None:
+    """Replace every `nn.BatchNorm2d` below `module` by an `EpngFrozenBatchNorm2d` carrying its values."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = EpngFrozenBatchNorm2d(child.num_features, child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batch_norms(child)
+
+
+def backbone_stages(backbone: nn.Module) -> nn.ModuleList:
+    """The list of stages of a transformers backbone (ResNet/ConvNeXt `encoder.stages`, Swin `encoder.layers`)."""
+    encoder = getattr(backbone, "encoder", None)
+    for name in ("stages", "layers"):
+        if isinstance(getattr(encoder, name, None), nn.ModuleList):
+            return getattr(encoder, name)
+    raise ValueError(
+        f"Cannot find the stages of backbone {type(backbone).__name__} to apply backbone_trainable_stages; "
+        "set EpngConfig.backbone_trainable_stages=-1 (train all) for this backbone"
+    )
+
+
+class EpngVisualEncoder(nn.Module):
+    """Backbone + FPN over C3..C5 + fusion of P3, P4, P5 at stride 16.
+
+    The reference builds its FPN over C2..C5, but P2 never reaches the output, so the C2 branch is left out: the
+    outputs are identical and no parameter goes without a gradient (which multi-GPU DDP would reject).
+    """
+
+    def __init__(self, config: EpngConfig):
+        super().__init__()
+        self.align_corners = config.upsample_align_corners
+        self.backbone = load_backbone(config)
+        if config.freeze_backbone_batch_norm:
+            freeze_batch_norms(self.backbone)
+        in_channels = self.backbone.channels
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(channels, config.fpn_channels, 1) for channels in in_channels)
+        self.output_convs = nn.ModuleList(
+            nn.Conv2d(config.fpn_channels, config.fpn_channels, 3, padding=1) for _ in in_channels
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> fused pixel map (B, 3 * fpn_channels, H/16, W/16)."""
+        c3, c4, c5 = self.backbone(pixel_values).feature_maps
+        inner_c5 = self.lateral_convs[2](c5)
+        inner_c4 = self.lateral_convs[1](c4) + F.interpolate(inner_c5, size=c4.shape[-2:], mode="nearest")
+        inner_c3 = self.lateral_convs[0](c3) + F.interpolate(inner_c4, size=c3.shape[-2:], mode="nearest")
+        p3, p4, p5 = (conv(inner) for conv, inner in zip(self.output_convs, (inner_c3, inner_c4, inner_c5)))
+        fused_size = p4.shape[-2:]
+        p3 = F.adaptive_avg_pool2d(p3, fused_size)
+        p5 = F.interpolate(p5, size=fused_size, mode="bilinear", align_corners=self.align_corners)
+        return torch.cat([p3, p4, p5], dim=1)
+
+
+class EpngPhraseEncoder(nn.Module):
+    """Text encoder + phrase pooling + projection to the communicator width."""
+
+    def __init__(self, config: EpngConfig):
+        super().__init__()
+        self.pooled_layers = config.text_pooled_layers
+        try:
+            self.text_encoder = AutoModel.from_config(config.text_config, add_pooling_layer=False)
+        except TypeError:
+            self.text_encoder = AutoModel.from_config(config.text_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.hidden_size)
+        activations = {"relu6": nn.ReLU6(), "relu": nn.ReLU(), "identity": nn.Identity()}
+        self.activation = activations[config.text_projection_activation]
+
+    def pool_phrases(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, phrase_ids: torch.Tensor, num_phrases: int
+    ) -> torch.Tensor:
+        """Text-encoder phrase features before the projection.
+
+        Args:
+            input_ids, attention_mask: (B, T).
+            phrase_ids: (B, T) long, the phrase index of every token, -1 for none.
+            num_phrases: P.
+
+        Returns:
+            (B, P, D_text): mean over each phrase's tokens of the mean of the last `text_pooled_layers` hidden
+            states; zeros for phrases without tokens.
+        """
+        encoded = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        token_features = torch.stack(encoded.hidden_states[-self.pooled_layers :]).mean(dim=0)
+        membership = (phrase_ids[:, :, None] == torch.arange(num_phrases, device=phrase_ids.device)).to(
+            token_features.dtype
+        )
+        sums = torch.einsum("btp,btd->bpd", membership, token_features)
+        return sums / membership.sum(dim=1).clamp(min=1)[:, :, None]
+
+    def forward(self, phrase_features: torch.Tensor) -> torch.Tensor:
+        """(B, P, D_text) pooled features -> phrase embeddings F_N (B, P, C)."""
+        return self.activation(self.text_projection(phrase_features))
+
+
+class EpngAttentionBlock(nn.Module):
+    """`LayerNorm(x + dropout(attention(x, ...)))`."""
+
+    def __init__(self, config: EpngConfig, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended = self.attention(hidden_states, *args, **kwargs)
+        attended, probabilities = attended if isinstance(attended, tuple) else (attended, None)
+        return self.layer_norm(hidden_states + self.dropout(attended)), probabilities
+
+
+class EpngFeedForward(nn.Module):
+    """`LayerNorm(x + dropout(fc2(dropout(relu(fc1(x))))))`."""
+
+    def __init__(self, config: EpngConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.hidden_size)
+        self.inner_dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        transformed = self.fc2(self.inner_dropout(F.relu(self.fc1(hidden_states))))
+        return self.layer_norm(hidden_states + self.dropout(transformed))
+
+
+class EpngCommunicatorLayer(nn.Module):
+    """LPA over pixel tokens, cross attention to phrases, FFN; each with residual + LayerNorm.
+
+    With `communicator_layer_form="reference"` each attention block is wrapped once more as
+    `outer_norm(x + dropout(block(x)))`, as in the authors' code.
+    """
+
+    def __init__(self, config: EpngConfig):
+        super().__init__()
+        use_prior = config.self_attention_type == "lpa"
+        self.self_attention = EpngAttentionBlock(config, EpngLocalityPerceptiveAttention(config, use_prior))
+        self.cross_attention = EpngAttentionBlock(config, EpngCrossAttention(config))
+        self.feed_forward = EpngFeedForward(config)
+        self.reference_form = config.communicator_layer_form == "reference"
+        if self.reference_form:
+            self.self_attention_outer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.cross_attention_outer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.outer_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        pixel_tokens: torch.Tensor,
+        grid_size: tuple[int, int],
+        phrase_embeddings: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        position_embeddings: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pixel_tokens (B, N, C) -> (B, N, C), and the LPA probabilities (B, heads, N, N) if asked."""
+        attended, probabilities = self.self_attention(pixel_tokens, grid_size, position_embeddings, output_attentions)
+        if self.reference_form:
+            attended = self.self_attention_outer_norm(pixel_tokens + self.outer_dropout(attended))
+        crossed, _ = self.cross_attention(attended, phrase_embeddings, phrase_mask)
+        if self.reference_form:
+            crossed = self.cross_attention_outer_norm(attended + self.outer_dropout(crossed))
+        return self.feed_forward(crossed), probabilities
+
+
+class EpngCommunicator(nn.Module):
+    """S communicator layers over the flattened H/16 x W/16 pixel map."""
+
+    def __init__(self, config: EpngConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EpngCommunicatorLayer(config) for _ in range(config.num_communicator_layers))
+        self.use_position_embeddings = config.self_attention_type == "mhsa_sine"
+        self._position_cache: dict[tuple, torch.Tensor] = {}
+
+    def position_embeddings(self, height: int, width: int, channels: int, device) -> torch.Tensor:
+        key = (height, width, channels, str(device))
+        if key not in self._position_cache:
+            self._position_cache[key] = sine_position_embedding(height, width, channels, device)
+        return self._position_cache[key]
+
+    def forward(
+        self,
+        pixel_map: torch.Tensor,
+        phrase_embeddings: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """pixel_map (B, C, h, w) -> (B, C, h, w), plus per-layer LPA probabilities if asked."""
+        batch_size, channels, height, width = pixel_map.shape
+        tokens = pixel_map.flatten(2).transpose(1, 2)
+        positions = None
+        if self.use_position_embeddings:
+            positions = self.position_embeddings(height, width, channels, pixel_map.device).to(tokens.dtype)
+        attentions = []
+        for layer in self.layers:
+            tokens, probabilities = layer(
+                tokens, (height, width), phrase_embeddings, phrase_mask, positions, output_attentions
+            )
+            attentions.append(probabilities)
+        pixel_map = tokens.transpose(1, 2).reshape(batch_size, channels, height, width)
+        return pixel_map, tuple(attentions) if output_attentions else None
+
+
+class EpngPreTrainedModel(PreTrainedModel):
+    config_class = EpngConfig
+    config: EpngConfig
+    base_model_prefix = "epng"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=1)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, EpngLocalityPerceptiveAttention) and module.use_distance_prior:
+            init.constant_(module.distance_weights, float(self.config.lpa_weight_init))
+
+
+class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
+    """EPNG: grounds every phrase of a narrative to a binary mask in one stage (no mask proposals)."""
+
+    def __init__(self, config: EpngConfig):
+        super().__init__(config)
+        self.visual_encoder = EpngVisualEncoder(config)
+        self.phrase_encoder = EpngPhraseEncoder(config)
+        self.communicator = EpngCommunicator(config)
+        self.post_init()
+        self.apply_freezing()
+
+    def apply_freezing(self) -> None:
+        """Set `requires_grad` per the config's freezing policy (text encoder, early backbone stages)."""
+        text_encoder = self.phrase_encoder.text_encoder
+        text_encoder.requires_grad_(not self.config.freeze_text_encoder)
+        backbone = self.visual_encoder.backbone
+        trainable_stages = self.config.backbone_trainable_stages
+        backbone.requires_grad_(trainable_stages == -1)
+        if trainable_stages > 0:
+            stages = backbone_stages(backbone)
+            for stage in stages[max(len(stages) - trainable_stages, 0) :]:
+                stage.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        """Like `nn.Module.train`, but a frozen text encoder stays in eval mode (no dropout on fixed features)."""
+        super().train(mode)
+        if self.config.freeze_text_encoder:
+            self.phrase_encoder.text_encoder.eval()
+        return self
+
+    def load_text_encoder(self, name_or_path: str, **kwargs) -> None:
+        """Load pretrained text-encoder weights (e.g. BERT-base or the MiniLM folder) into the phrase encoder.
+
+        The config's `text_config` must describe the same architecture; every encoder weight must be found.
+        """
+        pretrained = AutoModel.from_pretrained(name_or_path, **kwargs)
+        state = {key: value for key, value in pretrained.state_dict().items() if not key.startswith("pooler.")}
+        missing, unexpected = self.phrase_encoder.text_encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"Text encoder at {name_or_path!r} does not match EpngConfig.text_config: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+    def parameter_report(self) -> dict[str, int]:
+        """Parameter counts: total, trainable, text encoder, backbone + FPN, communicator, head (projection)."""
+
+        def count(module: nn.Module) -> int:
+            return sum(parameter.numel() for parameter in module.parameters())
+
+        return {
+            "total": count(self),
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "text_encoder": count(self.phrase_encoder.text_encoder),
+            "backbone": count(self.visual_encoder.backbone),
+            "fpn": count(self.visual_encoder) - count(self.visual_encoder.backbone),
+            "communicator": count(self.communicator),
+            "text_projection": count(self.phrase_encoder.text_projection),
+            "without_text_encoder": count(self) - count(self.phrase_encoder.text_encoder),
+        }
+
+    def _check_inputs(self, pixel_values, input_ids, phrase_ids, phrase_mask, phrase_features, mask_labels):
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must have shape (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        height, width = pixel_values.shape[-2:]
+        if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
+            raise ValueError(f"pixel_values height and width must be multiples of 32, got {height}x{width}")
+        batch_size = pixel_values.shape[0]
+        if phrase_mask.dim() != 2 or phrase_mask.shape[0] != batch_size:
+            raise ValueError(f"phrase_mask must have shape (B={batch_size}, P), got {tuple(phrase_mask.shape)}")
+        num_phrases = phrase_mask.shape[1]
+        if phrase_features is not None:
+            if phrase_features.shape[:2] != (batch_size, num_phrases):
+                raise ValueError(
+                    f"phrase_features must have shape (B={batch_size}, P={num_phrases}, D), "
+                    f"got {tuple(phrase_features.shape)}"
+                )
+        elif input_ids is None or phrase_ids is None:
+            raise ValueError("Pass either phrase_features, or input_ids with phrase_ids")
+        elif phrase_ids.shape != input_ids.shape or input_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and phrase_ids {tuple(phrase_ids.shape)} must both be (B, T) "
+                f"with B={batch_size}"
+            )
+        elif phrase_ids.numel() and int(phrase_ids.max()) >= num_phrases:
+            raise ValueError(f"phrase_ids refers to phrase {int(phrase_ids.max())} but phrase_mask has P={num_phrases}")
+        if mask_labels is not None and (mask_labels.dim() != 4 or mask_labels.shape[:2] != (batch_size, num_phrases)):
+            raise ValueError(
+                f"mask_labels must have shape (B={batch_size}, P={num_phrases}, H', W'), got {tuple(mask_labels.shape)}"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        phrase_ids: torch.LongTensor | None = None,
+        phrase_mask: torch.BoolTensor | None = None,
+        mask_labels: torch.FloatTensor | None = None,
+        phrase_features: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EpngOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): normalised images, H and W multiples of 32.
+            input_ids, attention_mask (`torch.LongTensor` of shape `(B, T)`): the tokenized narratives.
+            phrase_ids (`torch.LongTensor` of shape `(B, T)`): 0-based phrase index of every token, -1 for none.
+            phrase_mask (`torch.BoolTensor` of shape `(B, P)`): True for real phrases, False for padding slots.
+                Defaults to `P = max(phrase_ids) + 1` real phrases per sample (or all slots of `phrase_features`).
+            mask_labels (`torch.FloatTensor` of shape `(B, P, H', W')`, *optional*): 0/1 ground-truth masks at any
+                resolution; they are resized to H x W (bilinear, re-binarised at 0.5) for the loss.
+            phrase_features (`torch.FloatTensor` of shape `(B, P, D_text)`, *optional*): pooled text-encoder
+                features; when given, the text encoder is skipped (cached-feature training).
+            output_attentions (`bool`, *optional*): return the LPA probabilities of every layer.
+            return_dict (`bool`, *optional*): return an `EpngOutput` (default) or a tuple.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if phrase_mask is None:
+            if phrase_features is not None:
+                phrase_mask = torch.ones(phrase_features.shape[:2], dtype=torch.bool, device=pixel_values.device)
+            elif phrase_ids is not None:
+                num_phrases = int(phrase_ids.max()) + 1 if phrase_ids.numel() else 0
+                slots = torch.arange(max(num_phrases, 0), device=phrase_ids.device)
+                phrase_mask = (phrase_ids[:, :, None] == slots).any(dim=1)
+        if phrase_mask is None:
+            raise ValueError("Pass either phrase_features, or input_ids with phrase_ids")
+        phrase_mask = phrase_mask.bool()
+        self._check_inputs(pixel_values, input_ids, phrase_ids, phrase_mask, phrase_features, mask_labels)
+
+        if phrase_features is None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+                phrase_features = self.phrase_encoder.pool_phrases(
+                    input_ids, attention_mask, phrase_ids, phrase_mask.shape[1]
+                )
+        phrase_embeddings = self.phrase_encoder(phrase_features.to(self.phrase_encoder.text_projection.weight.dtype))
+
+        pixel_map = self.visual_encoder(pixel_values)
+        pixel_map, lpa_attentions = self.communicator(
+            pixel_map, phrase_embeddings, phrase_mask, output_attentions=bool(output_attentions)
+        )
+        pixel_embeddings = F.interpolate(
+            pixel_map, scale_factor=FUSED_STRIDE // MASK_STRIDE, mode="bilinear",
+            align_corners=self.config.upsample_align_corners,
+        )
+        mask_logits = torch.einsum("bpc,bchw->bphw", phrase_embeddings, pixel_embeddings)
+
+        losses = {}
+        if mask_labels is not None:
+            losses = self.compute_loss(
+                mask_logits, phrase_embeddings, pixel_embeddings, mask_labels, phrase_mask, pixel_values.shape[-2:]
+            )
+        output = EpngOutput(
+            mask_logits=mask_logits,
+            phrase_embeddings=phrase_embeddings,
+            pixel_embeddings=pixel_embeddings,
+            lpa_attentions=lpa_attentions,
+            **losses,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_loss(
+        self,
+        mask_logits: torch.Tensor,
+        phrase_embeddings: torch.Tensor,
+        pixel_embeddings: torch.Tensor,
+        mask_labels: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        input_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """BCE and Dice at the input size, SAL at the H/4 map; returns `loss` and the unweighted terms."""
+        config = self.config
+        targets = prepare_mask_targets(mask_labels, tuple(input_size), config.upsample_align_corners)
+        mask_probs = F.interpolate(
+            mask_logits.sigmoid(), size=tuple(input_size), mode="bilinear", align_corners=config.upsample_align_corners
+        ).clamp(0.0, 1.0)  # interpolating saturated probabilities can overshoot 1 by an ulp, which BCE rejects
+        bce = mask_bce_loss(mask_probs, targets, phrase_mask)
+        dice = mask_dice_loss(mask_probs, targets, phrase_mask, config.dice_eps)
+        losses = {"bce_loss": bce, "dice_loss": dice}
+        total = config.bce_weight * bce + config.dice_weight * dice
+        if config.sal_weight > 0:
+            sal = semantic_alignment_loss(
+                phrase_embeddings,
+                pixel_embeddings,
+                pool_targets(targets, MASK_STRIDE),
+                phrase_mask,
+                config.sal_temperature,
+                config.sal_variant,
+            )
+            losses["sal_loss"] = sal
+            total = total + config.sal_weight * sal
+        losses["loss"] = total
+        return losses
+
+
+__all__ = [
+    "EpngForPanopticNarrativeGrounding",
+    "EpngOutput",
+    "EpngPreTrainedModel",
+]

@@ -1,0 +1,649 @@
+"""Reader for the official Panoptic Narrative Grounding (PNG) benchmark files (DESIGN.md §5).
+
+The benchmark of González et al. (ICCV 2021) stores, for a split such as ``train2017``::
+
+    ROOT/images/{split}/<file_name>                                COCO images
+    ROOT/annotations/panoptic_{split}.json                          COCO panoptic json
+    ROOT/annotations/panoptic_segmentation/{split}/<id:012d>.png    panoptic PNGs (id = R + 256·G + 256²·B)
+    ROOT/annotations/png_coco_{split}.json                          narratives
+
+[`PngFormatReader`] turns these files into one example per narrative, following [`PNG_FEATURES`]. It streams:
+the narratives file is decoded one narrative at a time (it is never loaded whole), the panoptic json is kept as
+a compact per-image index, and image/PNG bytes are read for one example at a time.
+
+Decisions that the rest of the project relies on:
+
+- A *grounded phrase* is a segment with ``noun`` true and a non-empty ``segment_ids``; nouns without segments and
+  glue words do not become phrases. Narratives without any grounded phrase are skipped (reason
+  ``"no_grounded_phrase"``), never an error.
+- ``is_plural`` is the ``plural`` flag of the annotation (DESIGN §5).
+- ``is_thing`` is the ``isthing`` flag of the category of the phrase's **last** listed segment. For phrases whose
+  segments are all things or all stuff (the normal case) this is simply "thing"/"stuff"; for the rare mixed
+  phrases it reproduces the reference PNG evaluation code, which overwrites the phrase category segment by
+  segment, so that thing/stuff AR subsets stay comparable with published numbers.
+- Character offsets: utterances are located in order by searching the caption forward from the end of the
+  previous one, tolerating extra or missing whitespace inside and around an utterance. ``text`` is the matched
+  caption slice, so ``caption[start:end] == text`` always holds (it differs from the raw utterance only in
+  whitespace). An utterance that cannot be found is an ``"utterance_mismatch"``.
+- Bad data raises a [`PngFormatError`] subclass whose message names the file and the narrative (image id, index
+  of the narrative among that image's narratives, entry number in ``png_coco_{split}.json``). In non-strict
+  iteration the narrative is skipped and recorded in a [`SkipReport`] instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import PIL.Image
+from datasets import Features, Image, List, Value
+
+PNG_FEATURES = Features(
+    {
+        "image": Image(),
+        "image_id": Value("string"),
+        "narrative_index": Value("int32"),
+        "caption": Value("string"),
+        "width": Value("int32"),
+        "height": Value("int32"),
+        "phrases": List(
+            {
+                "text": Value("string"),
+                "start": Value("int32"),
+                "end": Value("int32"),
+                "segment_ids": List(Value("int64")),
+                "is_plural": Value("bool"),
+                "is_thing": Value("bool"),
+            }
+        ),
+        "panoptic_map": Image(),
+        "segments_info": List(
+            {
+                "id": Value("int64"),
+                "category_id": Value("int64"),
+                "iscrowd": Value("int64"),
+                "is_thing": Value("bool"),
+                "area": Value("int64"),
+                "bbox": List(Value("float64")),
+            }
+        ),
+    }
+)
+"""Schema of one PNG example (one narrative). Both ``Image`` columns hold ``{"bytes": ..., "path": file name}``."""
+
+SKIP_REASONS = {
+    "no_grounded_phrase": "the narrative has no noun segment with segment ids (skipped, not an error)",
+    "malformed_narrative": "a narrative entry lacks image_id/caption/segments or has non-integer segment ids",
+    "missing_panoptic_annotation": "the image id has no image entry or no annotation in panoptic_{split}.json",
+    "unknown_segment_id": "a segment id is absent from that image's segments_info in panoptic_{split}.json",
+    "unknown_category": "a segment's category_id is absent from the categories of panoptic_{split}.json",
+    "utterance_mismatch": "an utterance cannot be found in the caption after the previous utterance",
+    "missing_image": "the image file does not exist",
+    "missing_panoptic_png": "the panoptic PNG does not exist",
+    "corrupt_image": "the image file cannot be read or decoded",
+    "corrupt_panoptic_png": "the panoptic PNG cannot be read or decoded, or is not RGB",
+    "size_mismatch": "image, panoptic PNG and panoptic json disagree on the image size",
+}
+"""Every reason a narrative can be skipped for, with its meaning (used in reports and the dataset card)."""
+
+
+def _rebuild_error(cls, detail, location):
+    return cls(detail, **location)
+
+
+class PngFormatError(ValueError):
+    """Bad benchmark data. The message names the file at fault and, when known, the narrative.
+
+    Attributes:
+        reason (`str`): key of [`SKIP_REASONS`] (or ``"malformed_json"`` for an unparsable json file).
+        detail (`str`): what is wrong, without the location.
+        path (`str`): the file at fault.
+        image_id (`str`, *optional*), narrative_index (`int`, *optional*): the narrative (index among the
+            narratives of that image), entry (`int`, *optional*): position of the narrative in the narratives file.
+    """
+
+    reason = "malformed_json"
+
+    def __init__(self, detail, *, path, reason=None, image_id=None, narrative_index=None, entry=None):
+        self.detail = detail
+        self.path = str(path)
+        self.reason = reason or self.reason
+        self.image_id = image_id
+        self.narrative_index = narrative_index
+        self.entry = entry
+        location = f"file {self.path}"
+        if image_id is not None:
+            location += f"; narrative {narrative_index} of image {image_id!r} (entry #{entry} of the narratives file)"
+        super().__init__(f"{detail} [{self.reason}; {location}]")
+
+    def __reduce__(self):
+        # Exceptions are pickled through `args` by default, which would lose the keyword-only location when a
+        # conversion worker process sends the error back to the main process.
+        location = dict(
+            path=self.path,
+            reason=self.reason,
+            image_id=self.image_id,
+            narrative_index=self.narrative_index,
+            entry=self.entry,
+        )
+        return _rebuild_error, (type(self), self.detail, location)
+
+
+class MissingFileError(PngFormatError, FileNotFoundError):
+    """An image or panoptic PNG named by the annotations does not exist."""
+
+
+class CorruptFileError(PngFormatError):
+    """An image or panoptic PNG exists but cannot be read or decoded."""
+
+
+class InconsistentAnnotationError(PngFormatError):
+    """The narrative and the panoptic json disagree (unknown image/segment/category, sizes, malformed entry)."""
+
+
+class UtteranceMismatchError(PngFormatError):
+    """An utterance of the narrative cannot be located in its caption."""
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped narratives per reason, with the first few messages of each reason.
+
+    Args:
+        max_examples (`int`): how many messages to keep per reason.
+    """
+
+    max_examples: int = 3
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def record(self, reason: str, message: str) -> None:
+        self.counts[reason] += 1
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < self.max_examples:
+            kept.append(message)
+
+    def merge(self, other: SkipReport) -> None:
+        for reason, count in other.counts.items():
+            self.counts[reason] += count
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(other.examples.get(reason, [])[: self.max_examples - len(kept)])
+
+    @property
+    def num_errors(self) -> int:
+        """Skipped narratives that were bad data (everything except ``no_grounded_phrase``)."""
+        return sum(count for reason, count in self.counts.items() if reason != "no_grounded_phrase")
+
+    def format(self) -> str:
+        """Human-readable multi-line summary; empty string when nothing was skipped."""
+        lines = []
+        for reason, count in sorted(self.counts.items()):
+            lines.append(f"  {reason}: {count} ({SKIP_REASONS.get(reason, '')})")
+            lines.extend(f"    e.g. {message}" for message in self.examples.get(reason, []))
+        return "\n".join(lines)
+
+
+class _PanopticImage(NamedTuple):
+    """Compact per-image record of the panoptic json (the full json is never kept in memory)."""
+
+    file_name: str
+    width: int
+    height: int
+    panoptic_file_name: str | None
+    segments_json: str | None  # [[id, category_id, iscrowd, area, [x, y, w, h]], ...] as compact json
+
+
+class NarrativeLocations(NamedTuple):
+    """Where each narrative starts in the narratives file, and its index among the narratives of its image.
+
+    Attributes:
+        offsets (`array('q')` of shape `(num_narratives,)`): byte offset of each narrative's json object.
+        narrative_indices (`array('l')` of shape `(num_narratives,)`): 0, 1, … over narratives of the same image,
+            in file order; stored here because a reader starting mid-file cannot count earlier narratives.
+    """
+
+    offsets: array
+    narrative_indices: array
+
+
+_NON_SPACE = re.compile(r"\S")
+_DECODER = json.JSONDecoder()
+
+
+class _JsonStream:
+    """Decodes a JSON text value by value from a text file, holding only a bounded window of it.
+
+    `json.JSONDecoder.raw_decode` does the decoding (C speed); this class only walks the structural characters of
+    the enclosing array/object. Offsets are in characters of the text stream (bytes when decoded as latin-1).
+    """
+
+    def __init__(self, file, path, base_offset=0, chunk_chars=1 << 20):
+        self._file = file
+        self._path = path
+        self._buffer = ""
+        self._pos = 0
+        self._base = base_offset
+        self._chunk_chars = chunk_chars
+
+    @property
+    def offset(self) -> int:
+        return self._base + self._pos
+
+    def _fill(self) -> bool:
+        chunk = self._file.read(self._chunk_chars)
+        if not chunk:
+            return False
+        self._base += self._pos
+        self._buffer = self._buffer[self._pos :] + chunk
+        self._pos = 0
+        return True
+
+    def _error(self, detail):
+        return PngFormatError(f"invalid JSON at character {self.offset}: {detail}", path=self._path)
+
+    def peek(self) -> str | None:
+        """Next non-whitespace character (not consumed), or None at the end of the file."""
+        while True:
+            match = _NON_SPACE.search(self._buffer, self._pos)
+            if match:
+                self._pos = match.start()
+                return self._buffer[self._pos]
+            self._pos = len(self._buffer)
+            if not self._fill():
+                return None
+
+    def expect(self, allowed: str) -> str:
+        char = self.peek()
+        if char is None or char not in allowed:
+            raise self._error(f"expected one of {allowed!r}, found {char!r}")
+        self._pos += 1
+        return char
+
+    def value(self) -> Any:
+        if self.peek() is None:
+            raise self._error("unexpected end of file")
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as error:
+                if self._fill():
+                    continue
+                raise self._error(error.msg) from error
+            # A value ending exactly at the window's end may be a cut number ("12" of "123"): read on and retry.
+            if end == len(self._buffer) and self._fill():
+                continue
+            self._pos = end
+            return obj
+
+    def array_items(self, opened: bool = False) -> Iterator[tuple[int, Any]]:
+        """Yields `(offset, value)` for the array starting here; `opened=True` starts at an element inside it."""
+        if not opened:
+            self.expect("[")
+            if self.peek() == "]":
+                self._pos += 1
+                return
+        while True:
+            self.peek()
+            offset = self.offset
+            yield offset, self.value()
+            if self.expect(",]") == "]":
+                return
+
+    def object_members(self, streamed: Callable[[str], Callable[[Any], None] | None]) -> None:
+        """Walks a top-level object; arrays of members for which `streamed(key)` gives a callback are streamed."""
+        self.expect("{")
+        if self.peek() == "}":
+            return
+        while True:
+            key = self.value()
+            self.expect(":")
+            callback = streamed(key)
+            if callback is not None and self.peek() == "[":
+                for _, item in self.array_items():
+                    callback(item)
+            else:
+                self.value()
+            if self.expect(",}") == "}":
+                return
+
+
+def _load_panoptic_index(path: Path) -> tuple[dict[int, bool], dict[int, _PanopticImage]]:
+    """Reads `panoptic_{split}.json` into `(isthing per category id, compact record per image id)`."""
+    images, annotations, is_thing = {}, {}, {}
+
+    def add_image(entry):
+        images[int(entry["id"])] = (entry["file_name"], int(entry["width"]), int(entry["height"]))
+
+    def add_annotation(entry):
+        segments = [
+            [int(s["id"]), int(s["category_id"]), int(s.get("iscrowd", 0)), int(s["area"]), list(s["bbox"])]
+            for s in entry["segments_info"]
+        ]
+        annotations[int(entry["image_id"])] = (entry.get("file_name"), json.dumps(segments, separators=(",", ":")))
+
+    def add_category(entry):
+        is_thing[int(entry["id"])] = bool(entry["isthing"])
+
+    callbacks = {"images": add_image, "annotations": add_annotation, "categories": add_category}
+    with open(path, encoding="utf-8") as file:
+        try:
+            _JsonStream(file, path).object_members(callbacks.get)
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, PngFormatError):
+                raise
+            raise PngFormatError(f"malformed panoptic json entry: {error!r}", path=path) from error
+    records = {}
+    for image_id, (file_name, width, height) in images.items():
+        panoptic_file_name, segments_json = annotations.get(image_id, (None, None))
+        records[image_id] = _PanopticImage(file_name, width, height, panoptic_file_name, segments_json)
+    return is_thing, records
+
+
+def locate_utterances(caption: str, utterances: list[str]) -> list[tuple[int, int] | None]:
+    """Character span of each utterance in `caption`, searching forward from the end of the previous one.
+
+    Whitespace inside and around an utterance may differ from the caption (extra or missing spaces).
+
+    Returns:
+        `list` with one `(start, end)` per utterance (`None` for an empty utterance), such that
+        `caption[start:end]` equals the utterance up to whitespace.
+
+    Raises:
+        `LookupError` naming the first utterance that cannot be found.
+    """
+    spans, position = [], 0
+    for utterance in utterances:
+        words = utterance.split()
+        if not words:
+            spans.append(None)
+            continue
+        stripped = " ".join(words)
+        match_start = _NON_SPACE.search(caption, position)
+        # Fast path (the normal case): the utterance follows the previous one, separated by whitespace only.
+        if match_start and caption.startswith(stripped, match_start.start()):
+            start = match_start.start()
+            end = start + len(stripped)
+        else:
+            match = re.compile(r"\s*".join(map(re.escape, words))).search(caption, position)
+            if match is None:
+                raise LookupError(f"utterance {utterance!r} not found in the caption after character {position}")
+            start, end = match.span()
+        spans.append((start, end))
+        position = end
+    return spans
+
+
+def _read_verified_image(path: Path, kind: str, fail) -> tuple[bytes, tuple[int, int], str]:
+    """Reads an image file and checks it decodes, without keeping its pixels.
+
+    Args:
+        kind (`str`): ``"image"`` or ``"panoptic_png"`` (selects the skip reasons).
+        fail (`Callable`): builds the error to raise from `(error class, detail, path, reason)`.
+
+    Returns:
+        `(file bytes, (width, height), PIL mode)`.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise fail(MissingFileError, f"{kind.replace('_', ' ')} not found", path, f"missing_{kind}") from None
+    except OSError as error:
+        raise fail(CorruptFileError, f"cannot read {kind.replace('_', ' ')}: {error}", path, f"corrupt_{kind}")
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            size, mode, image_format = image.size, image.mode, image.format
+            image.verify()  # checks PNG chunk CRCs; a no-op for JPEG, hence the reduced decode below
+        if image_format == "JPEG":
+            with PIL.Image.open(io.BytesIO(data)) as image:
+                # Decoding at 1/8 scale still walks the whole entropy-coded stream (so truncation is detected)
+                # while allocating 64x fewer pixels.
+                image.draft(mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.load()
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
+        raise fail(CorruptFileError, f"cannot decode {kind.replace('_', ' ')}: {error}", path, f"corrupt_{kind}")
+    return data, size, mode
+
+
+class PngFormatReader:
+    """Streams the examples of one split of the official PNG benchmark (see the module docstring).
+
+    Args:
+        root (`str` or `Path`): benchmark root, holding ``images/`` and ``annotations/``.
+        split (`str`): split folder name, e.g. ``"train2017"`` or ``"val2017"``.
+
+    Raises:
+        `FileNotFoundError` if a json file of the split is missing; [`PngFormatError`] if it is not valid JSON.
+
+    Example:
+        ```python
+        reader = PngFormatReader("data/png", "val2017")
+        for example in reader.iter_examples():  # dicts following PNG_FEATURES
+            ...
+        print(reader.report.format())  # what was skipped and why
+        ```
+    """
+
+    def __init__(self, root, split: str):
+        self.root = Path(root)
+        self.split = split
+        annotations = self.root / "annotations"
+        self.narratives_path = annotations / f"png_coco_{split}.json"
+        self.panoptic_json_path = annotations / f"panoptic_{split}.json"
+        self.panoptic_dir = annotations / "panoptic_segmentation" / split
+        self.images_dir = self.root / "images" / split
+        for path in (self.narratives_path, self.panoptic_json_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"PNG benchmark file not found: {path} (split {split!r}, root {self.root})")
+        self._category_is_thing, self._images = _load_panoptic_index(self.panoptic_json_path)
+        self._locations: NarrativeLocations | None = None
+        self.report = SkipReport()
+
+    def locate_narratives(self) -> NarrativeLocations:
+        """Scans the narratives file once (cached); needed to start reading at any narrative."""
+        if self._locations is None:
+            offsets, narrative_indices, seen = array("q"), array("l"), Counter()
+            # latin-1 maps bytes 1:1 to characters, so stream offsets are byte offsets usable with `seek`; the
+            # only field read here, image_id, is ASCII.
+            with open(self.narratives_path, encoding="latin-1") as file:
+                for offset, narrative in _JsonStream(file, self.narratives_path).array_items():
+                    image_id = str(narrative.get("image_id")) if isinstance(narrative, dict) else None
+                    offsets.append(offset)
+                    narrative_indices.append(seen[image_id])
+                    seen[image_id] += 1
+            self._locations = NarrativeLocations(offsets, narrative_indices)
+        return self._locations
+
+    def __len__(self) -> int:
+        """Number of narratives in the file (before skipping)."""
+        return len(self.locate_narratives().offsets)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iter_examples()
+
+    def iter_examples(
+        self, start: int = 0, stop: int | None = None, *, strict: bool = False, report: SkipReport | None = None
+    ) -> Iterator[dict]:
+        """Yields the examples of narratives `start` to `stop` (file order), one at a time.
+
+        Args:
+            start, stop (`int`): range of narrative entries in the narratives file (`stop=None`: to the end).
+            strict (`bool`): raise the first [`PngFormatError`] instead of skipping the narrative.
+            report ([`SkipReport`], *optional*): where skipped narratives are recorded (default: `self.report`).
+
+        Yields:
+            `dict` following [`PNG_FEATURES`].
+        """
+        report = self.report if report is None else report
+        locations = self.locate_narratives()
+        stop = len(locations.offsets) if stop is None else min(stop, len(locations.offsets))
+        if start >= stop:
+            return
+        with open(self.narratives_path, "rb") as raw:
+            raw.seek(locations.offsets[start])
+            text = io.TextIOWrapper(raw, encoding="utf-8")
+            narratives = _JsonStream(text, self.narratives_path).array_items(opened=True)
+            # range first: zip stops before pulling a narrative past `stop` from the stream.
+            for entry, (_, narrative) in zip(range(start, stop), narratives):
+                narrative_index = locations.narrative_indices[entry]
+                try:
+                    example = self.build_example(narrative, entry, narrative_index)
+                except PngFormatError as error:
+                    if strict:
+                        raise
+                    report.record(error.reason, str(error))
+                    continue
+                if example is None:
+                    image_id = narrative.get("image_id")
+                    report.record(
+                        "no_grounded_phrase",
+                        f"{self.narratives_path}: narrative {narrative_index} of image {image_id!r} (entry #{entry})",
+                    )
+                    continue
+                yield example
+
+    def build_example(self, narrative: Any, entry: int, narrative_index: int) -> dict | None:
+        """Validates one narrative entry and builds its example.
+
+        Args:
+            narrative: the decoded json entry ``{image_id, caption, segments}``.
+            entry (`int`): its position in the narratives file; narrative_index (`int`): its index among the
+                narratives of its image. Both only name the narrative in error messages / the example.
+
+        Returns:
+            `dict` following [`PNG_FEATURES`], or `None` when the narrative has no grounded phrase.
+
+        Raises:
+            [`PngFormatError`] subclass naming the file and the narrative.
+        """
+        image_id = str(narrative.get("image_id")) if isinstance(narrative, dict) else None
+
+        def fail(error_class, detail, path, reason):
+            return error_class(
+                detail, path=path, reason=reason, image_id=image_id, narrative_index=narrative_index, entry=entry
+            )
+
+        try:
+            caption = narrative["caption"]
+            segments = narrative["segments"]
+            utterances = [segment["utterance"] for segment in segments]
+            if not isinstance(caption, str) or not all(isinstance(u, str) for u in utterances):
+                raise TypeError("caption and utterances must be strings")
+            image_key = int(image_id)
+            grounded = [
+                (position, [int(i) for i in segment["segment_ids"]], bool(segment.get("plural", False)))
+                for position, segment in enumerate(segments)
+                if segment.get("noun") and segment.get("segment_ids")
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise fail(
+                InconsistentAnnotationError, f"malformed narrative: {error!r}", self.narratives_path, "malformed_narrative"
+            ) from None
+        record = self._images.get(image_key)
+        if record is None or record.segments_json is None:
+            missing = "image entry" if record is None else "annotation (segments_info)"
+            raise fail(
+                InconsistentAnnotationError,
+                f"image id {image_id} has no {missing}",
+                self.panoptic_json_path,
+                "missing_panoptic_annotation",
+            )
+        segments_info = self._segments_info(record, fail)
+        is_thing_by_segment = {segment["id"]: segment["is_thing"] for segment in segments_info}
+        try:
+            spans = locate_utterances(caption, utterances)
+        except LookupError as error:
+            raise fail(UtteranceMismatchError, str(error), self.narratives_path, "utterance_mismatch") from None
+
+        phrases = []
+        for position, segment_ids, is_plural in grounded:
+            unknown = [i for i in segment_ids if i not in is_thing_by_segment]
+            if unknown:
+                raise fail(
+                    InconsistentAnnotationError,
+                    f"segment ids {unknown} of utterance {utterances[position]!r} are not in the segments_info of "
+                    f"image {image_id} in {self.panoptic_json_path.name}",
+                    self.narratives_path,
+                    "unknown_segment_id",
+                )
+            if spans[position] is None:
+                raise fail(
+                    UtteranceMismatchError, "a grounded utterance is empty", self.narratives_path, "utterance_mismatch"
+                )
+            start, end = spans[position]
+            phrases.append(
+                {
+                    "text": caption[start:end],
+                    "start": start,
+                    "end": end,
+                    "segment_ids": segment_ids,
+                    "is_plural": is_plural,
+                    "is_thing": is_thing_by_segment[segment_ids[-1]],  # reference rule, see module docstring
+                }
+            )
+        if not phrases:
+            return None
+
+        image_path = self.images_dir / record.file_name
+        panoptic_name = record.panoptic_file_name or f"{image_key:012d}.png"
+        panoptic_path = self.panoptic_dir / panoptic_name
+        image_bytes, image_size, _ = _read_verified_image(image_path, "image", fail)
+        panoptic_bytes, panoptic_size, panoptic_mode = _read_verified_image(panoptic_path, "panoptic_png", fail)
+        if panoptic_mode != "RGB":
+            raise fail(
+                CorruptFileError,
+                f"panoptic PNG has mode {panoptic_mode}, expected RGB",
+                panoptic_path,
+                "corrupt_panoptic_png",
+            )
+        if image_size != panoptic_size or image_size != (record.width, record.height):
+            raise fail(
+                InconsistentAnnotationError,
+                f"sizes differ: image {image_size}, panoptic PNG {panoptic_size}, "
+                f"panoptic json {(record.width, record.height)} (width, height)",
+                image_path,
+                "size_mismatch",
+            )
+        return {
+            "image": {"bytes": image_bytes, "path": record.file_name},
+            "image_id": image_id,
+            "narrative_index": narrative_index,
+            "caption": caption,
+            "width": image_size[0],
+            "height": image_size[1],
+            "phrases": phrases,
+            "panoptic_map": {"bytes": panoptic_bytes, "path": panoptic_name},
+            "segments_info": segments_info,
+        }
+
+    def _segments_info(self, record: _PanopticImage, fail) -> list[dict]:
+        segments_info = []
+        for segment_id, category_id, iscrowd, area, bbox in json.loads(record.segments_json):
+            if category_id not in self._category_is_thing:
+                raise fail(
+                    InconsistentAnnotationError,
+                    f"category id {category_id} of segment {segment_id} is not in the categories",
+                    self.panoptic_json_path,
+                    "unknown_category",
+                )
+            segments_info.append(
+                {
+                    "id": segment_id,
+                    "category_id": category_id,
+                    "iscrowd": iscrowd,
+                    "is_thing": self._category_is_thing[category_id],
+                    "area": area,
+                    "bbox": [float(v) for v in bbox],
+                }
+            )
+        return segments_info
+
+
+def iter_png_examples(root, split: str, *, strict: bool = False, report: SkipReport | None = None) -> Iterator[dict]:
+    """Convenience generator over all examples of a split; see [`PngFormatReader.iter_examples`]."""
+    yield from PngFormatReader(root, split).iter_examples(strict=strict, report=report)

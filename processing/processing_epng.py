@@ -1,0 +1,342 @@
+"""Processor of EPNG: image processor + fast BERT tokenizer, phrase spans → `phrase_ids`, and post-processing."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+PhraseSpec = tuple[int, int] | str
+
+_SNIPPET_LENGTH = 40
+
+
+def _snippet(text: str) -> str:
+    return text if len(text) <= _SNIPPET_LENGTH else text[:_SNIPPET_LENGTH] + "..."
+
+
+def resolve_phrase_spans(text: str, phrases: Sequence[PhraseSpec], narrative_index: int = 0) -> list[tuple[int, int]]:
+    """
+    Turn one narrative's phrases into validated character spans.
+
+    Args:
+        text (`str`):
+            The narrative.
+        phrases (`list[tuple[int, int] | str]`):
+            Per phrase, a `(char_start, char_end)` span (end exclusive) or the phrase's text. A text is searched
+            for from the end of the previous phrase onwards, so repeated words match in order of appearance.
+        narrative_index (`int`, *optional*, defaults to 0):
+            Index of the narrative in its batch, used in error messages.
+
+    Returns:
+        `list[tuple[int, int]]`: one span per phrase, in the given order.
+
+    Raises:
+        `ValueError`: a phrase text not found, or a span that is empty, whitespace only, outside the text or
+        overlapping another span. The message names the narrative (batch index and snippet) and the span.
+    """
+    where = f"narrative {narrative_index} ({_snippet(text)!r})"
+    spans = []
+    search_from = 0
+    for phrase in phrases:
+        if isinstance(phrase, str):
+            start = text.find(phrase, search_from) if phrase else -1
+            if start < 0:
+                raise ValueError(f"Phrase {phrase!r} not found in {where} after character {search_from}.")
+            span = (start, start + len(phrase))
+        else:
+            if len(phrase) != 2:
+                raise ValueError(f"Span {phrase!r} of {where} must be a (char_start, char_end) pair.")
+            span = (int(phrase[0]), int(phrase[1]))
+            if not 0 <= span[0] <= span[1] <= len(text):
+                raise ValueError(f"Span {span} is outside {where}, which has {len(text)} characters.")
+            if span[0] == span[1]:
+                raise ValueError(f"Span {span} of {where} is empty.")
+        if not text[span[0] : span[1]].strip():
+            raise ValueError(f"Span {span} of {where} covers only whitespace.")
+        spans.append(span)
+        search_from = span[1]
+
+    ordered = sorted(spans)
+    for previous, current in zip(ordered, ordered[1:]):
+        if current[0] < previous[1]:
+            raise ValueError(f"Spans {previous} and {current} of {where} overlap.")
+    return spans
+
+
+def token_phrase_ids(offsets: np.ndarray, is_text_token: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """
+    Index of the phrase each token belongs to: the token's character range overlaps the phrase's span.
+
+    Args:
+        offsets (`np.ndarray` of shape `(T, 2)`): Character range of every token (fast tokenizer offset mapping).
+        is_text_token (`np.ndarray` of shape `(T,)`): False for special and padding tokens.
+        spans (`list[tuple[int, int]]`): The phrase spans; they must not overlap.
+
+    Returns:
+        `np.ndarray` of shape `(T,)`, int64: phrase index, or -1 for tokens outside every phrase. A token that
+        straddles two spans (a phrase boundary inside a word piece) goes to the first.
+    """
+    if not spans:
+        return np.full(len(offsets), -1, dtype=np.int64)
+    span_array = np.asarray(spans, dtype=np.int64)
+    overlaps = (offsets[:, None, 0] < span_array[None, :, 1]) & (offsets[:, None, 1] > span_array[None, :, 0])
+    overlaps &= is_text_token[:, None]
+    return np.where(overlaps.any(axis=1), overlaps.argmax(axis=1), -1).astype(np.int64)
+
+
+class EpngProcessor(ProcessorMixin):
+    r"""
+    Processor of EPNG: an [`EpngImageProcessor`] and a fast BERT tokenizer. It turns images, narratives and their
+    phrase spans into the model inputs, builds mask targets from panoptic maps, and turns mask logits back into
+    binary masks at the original image resolution.
+
+    Args:
+        image_processor ([`EpngImageProcessor`]):
+            The image processor.
+        tokenizer ([`PreTrainedTokenizerFast`]):
+            A fast tokenizer (its offset mapping assigns tokens to phrases), e.g. BERT-base-uncased.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        if tokenizer is not None and not getattr(tokenizer, "is_fast", False):
+            raise ValueError("EpngProcessor needs a fast tokenizer: phrases are mapped to tokens by offset mapping.")
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "input_ids", "attention_mask", "phrase_ids", "phrase_mask"]
+
+    def __call__(
+        self,
+        images: Any | None = None,
+        text: str | Sequence[str] | None = None,
+        phrases: Sequence[PhraseSpec] | Sequence[Sequence[PhraseSpec]] | None = None,
+        panoptic_maps: Any | None = None,
+        phrase_segment_ids: Sequence[Sequence[int]] | Sequence[Sequence[Sequence[int]]] | None = None,
+        known_segment_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        return_tensors: str = "pt",
+        max_length: int = 300,
+        padding: bool | str = "longest",
+        return_original_sizes: bool = False,
+        **image_processor_kwargs,
+    ) -> BatchFeature:
+        r"""
+        Prepare model inputs (and optionally mask targets) for one narrative or a batch.
+
+        Args:
+            images (image or list of images, *optional*):
+                One image per narrative (see [`EpngImageProcessor`] for the accepted forms).
+            text (`str` or `list[str]`, *optional*):
+                The narrative(s). A single string makes a batch of one, and then `phrases`, `panoptic_maps`,
+                `phrase_segment_ids` and `known_segment_ids` are given for that one narrative (not wrapped in a list).
+            phrases (`list[tuple[int, int] | str]` per narrative, *optional*):
+                The grounded phrases of each narrative, as `(char_start, char_end)` spans or as strings matched left
+                to right (see [`resolve_phrase_spans`]). Phrase `i` is slot `i` of `phrase_mask` / `mask_labels`.
+            panoptic_maps (panoptic map or list of them, *optional*):
+                Per image, its panoptic map at original resolution; with `phrase_segment_ids`, builds `mask_labels`.
+            phrase_segment_ids (`list[list[int]]` per narrative, *optional*):
+                Per phrase, the panoptic segment ids whose union is its mask.
+            known_segment_ids (`list[int]` per narrative, *optional*):
+                The valid segment ids of each map (e.g. from `segments_info`); defaults to the ids in the map.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` for PyTorch tensors or `"np"` for NumPy arrays.
+            max_length (`int`, *optional*, defaults to 300):
+                Narratives are truncated to this many tokens (special tokens included). A phrase that loses all its
+                tokens is dropped from `phrase_mask` (its slot stays), with a warning that names it.
+            padding (`bool` or `str`, *optional*, defaults to `"longest"`):
+                Tokenizer padding strategy (`"longest"` or `"max_length"`).
+            return_original_sizes (`bool`, *optional*, defaults to `False`):
+                Also return `original_sizes` (list of `(H, W)` per image, for [`post_process_grounding`]).
+            image_processor_kwargs (*optional*):
+                Per-call overrides passed to the image processor (e.g. `size`).
+
+        Returns:
+            [`BatchFeature`] with, as present: `pixel_values` float `(B, 3, H, W)`; `input_ids`, `attention_mask`
+            `(B, T)`; `phrase_ids` long `(B, T)` (phrase index of each token, -1 for none); `phrase_mask` bool
+            `(B, P)` (P = largest phrase count of the batch); `mask_labels` float 0/1 `(B, P, H, W)` (zeros in
+            padding slots); `original_sizes`.
+        """
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
+        if text is None and images is None:
+            raise ValueError("Give `images`, `text` or both.")
+        has_targets = panoptic_maps is not None or phrase_segment_ids is not None
+        if text is None and (phrases is not None or has_targets):
+            raise ValueError("`phrases` and mask targets need the narratives in `text`.")
+        if has_targets and (images is None or phrases is None):
+            raise ValueError("Mask targets need `images` and `phrases` as well as `panoptic_maps`/`phrase_segment_ids`.")
+
+        if isinstance(text, str):
+            text = [text]
+            phrases = None if phrases is None else [phrases]
+            phrase_segment_ids = None if phrase_segment_ids is None else [phrase_segment_ids]
+            known_segment_ids = None if known_segment_ids is None else [known_segment_ids]
+            if panoptic_maps is not None and not isinstance(panoptic_maps, (list, tuple)):
+                panoptic_maps = [panoptic_maps]
+
+        data: dict[str, Any] = {}
+        if text is not None:
+            data.update(self._encode_text(list(text), phrases, max_length, padding))
+        if images is not None:
+            if has_targets and phrase_segment_ids is not None:
+                for index, (spans, segment_ids) in enumerate(zip(phrases, phrase_segment_ids)):
+                    if len(spans) != len(segment_ids):
+                        raise ValueError(
+                            f"Narrative {index} has {len(spans)} phrases but {len(segment_ids)} segment id lists."
+                        )
+            image_inputs = self.image_processor(
+                images,
+                panoptic_maps=panoptic_maps,
+                phrase_segment_ids=phrase_segment_ids,
+                known_segment_ids=known_segment_ids,
+                return_tensors="pt",
+                **image_processor_kwargs,
+            )
+            if text is not None and len(image_inputs["original_sizes"]) != len(text):
+                raise ValueError(f"Got {len(image_inputs['original_sizes'])} images for {len(text)} narratives.")
+            data["pixel_values"] = image_inputs["pixel_values"]
+            if return_original_sizes:
+                data["original_sizes"] = image_inputs["original_sizes"]
+            if "mask_labels" in image_inputs:
+                data["mask_labels"] = self._pad_mask_labels(image_inputs["mask_labels"], data["phrase_mask"].shape[1])
+
+        batch = BatchFeature(data, skip_tensor_conversion=["original_sizes"])
+        return batch.convert_to_tensors("np") if return_tensors == "np" else batch
+
+    def _encode_text(self, texts: list[str], phrases, max_length: int, padding: bool | str) -> dict[str, torch.Tensor]:
+        """Tokenise the narratives and map every token to its phrase."""
+        encoding = self.tokenizer(
+            texts,
+            padding=padding,
+            truncation=True,
+            max_length=max_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        offsets = encoding.pop("offset_mapping").numpy()
+        special_tokens_mask = encoding.pop("special_tokens_mask").numpy().astype(bool)
+        text_inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+        if phrases is None:
+            return text_inputs
+        if len(phrases) != len(texts):
+            raise ValueError(f"Got {len(phrases)} phrase lists for {len(texts)} narratives.")
+
+        is_text_token = encoding["attention_mask"].numpy().astype(bool) & ~special_tokens_mask
+        all_spans = [resolve_phrase_spans(text, narrative, index) for index, (text, narrative) in enumerate(zip(texts, phrases))]
+        num_phrase_slots = max((len(spans) for spans in all_spans), default=0)
+        phrase_ids = np.full(offsets.shape[:2], -1, dtype=np.int64)
+        phrase_mask = np.zeros((len(texts), num_phrase_slots), dtype=bool)
+        for index, (text, spans) in enumerate(zip(texts, all_spans)):
+            phrase_ids[index] = token_phrase_ids(offsets[index], is_text_token[index], spans)
+            has_tokens = np.zeros(len(spans), dtype=bool)
+            has_tokens[phrase_ids[index][phrase_ids[index] >= 0]] = True
+            phrase_mask[index, : len(spans)] = has_tokens
+            # Spans are validated non-blank, so a phrase without tokens can only have been cut by truncation.
+            for phrase_index in np.flatnonzero(~has_tokens):
+                start, end = spans[phrase_index]
+                warnings.warn(
+                    f"Phrase {phrase_index} {text[start:end]!r} of narrative {index} ({_snippet(text)!r}) lost all "
+                    f"its tokens to truncation at max_length={max_length}; it is masked out of `phrase_mask`.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        text_inputs["phrase_ids"] = torch.from_numpy(phrase_ids)
+        text_inputs["phrase_mask"] = torch.from_numpy(phrase_mask)
+        return text_inputs
+
+    @staticmethod
+    def _pad_mask_labels(mask_labels: list[torch.Tensor], num_phrase_slots: int) -> torch.Tensor:
+        """Per-image `(P_i, H, W)` targets → `(B, P, H, W)` with zero masks in padding slots."""
+        height, width = mask_labels[0].shape[-2:]
+        padded = torch.zeros(len(mask_labels), num_phrase_slots, height, width, dtype=torch.float32)
+        for index, labels in enumerate(mask_labels):
+            padded[index, : labels.shape[0]] = labels
+        return padded
+
+    def post_process_image_grounding(
+        self, mask_logits: torch.Tensor, target_size: tuple[int, int], threshold: float = 0.5
+    ) -> dict[str, torch.Tensor]:
+        """
+        Binary masks of one image at its original resolution (DESIGN §2.5): sigmoid, bilinear resize
+        (`align_corners=False`) straight to `target_size`, then `probability >= threshold`.
+
+        Args:
+            mask_logits (`torch.Tensor` of shape `(P, h, w)`):
+                The image's mask logits (before sigmoid), only the phrases to keep.
+            target_size (`tuple[int, int]`):
+                `(H, W)` of the original image.
+            threshold (`float`, *optional*, defaults to 0.5):
+                Probability threshold.
+
+        Returns:
+            `dict` with `masks`: bool `(P, H, W)`, and `scores`: float `(P,)`, the mean probability inside each
+            predicted mask (0 for an empty mask), on the device of `mask_logits`.
+        """
+        height, width = (int(side) for side in target_size)
+        probabilities = mask_logits.detach().float().sigmoid()
+        if probabilities.shape[0] == 0:
+            empty = probabilities.new_zeros((0, height, width))
+            return {"masks": empty.bool(), "scores": probabilities.new_zeros((0,))}
+        probabilities = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        masks = probabilities >= threshold
+        mask_areas = masks.sum(dim=(1, 2))
+        scores = (probabilities * masks).sum(dim=(1, 2)) / mask_areas.clamp(min=1)
+        return {"masks": masks, "scores": scores}
+
+    def post_process_grounding(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor,
+        phrase_mask: torch.Tensor | None = None,
+        threshold: float = 0.5,
+    ) -> list[dict[str, torch.Tensor]]:
+        """
+        Turn the model's mask logits into binary masks at each image's original resolution.
+
+        Images are processed one at a time (see [`post_process_image_grounding`]), so peak memory is that of one
+        image's full-resolution probabilities.
+
+        Args:
+            outputs (`EpngOutput`, a mapping with `mask_logits`, or a tensor):
+                Mask logits of shape `(B, P, H/4, W/4)`.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(B, 2)`):
+                `(H, W)` of every original image.
+            phrase_mask (`torch.Tensor` of shape `(B, P)`, *optional*):
+                True for real phrases; only those are returned. Defaults to all phrases.
+            threshold (`float`, *optional*, defaults to 0.5):
+                Probability threshold.
+
+        Returns:
+            `list[dict]`, one per image, with `masks` bool `(P_real, H, W)` and `scores` float `(P_real,)`.
+        """
+        if isinstance(outputs, torch.Tensor):
+            mask_logits = outputs
+        elif isinstance(outputs, Mapping) or hasattr(outputs, "mask_logits"):
+            mask_logits = outputs["mask_logits"] if isinstance(outputs, Mapping) else outputs.mask_logits
+        else:
+            raise TypeError(f"`outputs` must be an EpngOutput, a mapping with 'mask_logits' or a tensor, got {type(outputs)}.")
+        if len(target_sizes) != mask_logits.shape[0]:
+            raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {mask_logits.shape[0]}.")
+        if phrase_mask is not None and tuple(phrase_mask.shape) != tuple(mask_logits.shape[:2]):
+            raise ValueError(
+                f"`phrase_mask` has shape {tuple(phrase_mask.shape)} but the logits have {tuple(mask_logits.shape[:2])} phrases."
+            )
+        results = []
+        for index, target_size in enumerate(target_sizes):
+            image_logits = mask_logits[index]
+            if phrase_mask is not None:
+                image_logits = image_logits[phrase_mask[index].to(device=image_logits.device, dtype=torch.bool)]
+            results.append(self.post_process_image_grounding(image_logits, tuple(target_size), threshold))
+        return results
+
+
+__all__ = ["EpngProcessor", "resolve_phrase_spans", "token_phrase_ids"]

@@ -1,0 +1,213 @@
+"""Convert a refer-format dataset (RefCOCO / RefCOCO+ / RefCOCOg) into a 🤗 dataset folder.
+
+The folder looks like a dataset repository on the Hub: `data/<split>-XXXXX-of-YYYYY.parquet` shards plus a
+`README.md` card whose YAML `configs` maps the shards to splits, so `datasets.load_dataset(DIR)` opens it and the
+folder can be pushed to the Hub as is. Images and masks are embedded (PNG masks, 1 bit), one row per sentence.
+
+Usage::
+
+    python -m processing.refer_dataset --refer_root data/refer --dataset refcoco \
+        --images_dir data/coco/train2014 --output data/refcoco_hf [--splits val testA testB]
+
+Rows are written shard by shard as they are read (at most one row group of masks in memory) into a temporary
+folder next to the output, which is moved into place only once complete: a failed run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+from .refer_format import EVALUATION_SPLITS, ReferReader
+
+logger = logging.getLogger(__name__)
+
+REFER_FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "sentence": datasets.Value("string"),
+        "image_id": datasets.Value("int64"),
+        "ann_id": datasets.Value("int64"),
+        "ref_id": datasets.Value("int64"),
+        "sent_id": datasets.Value("int64"),
+        "category_id": datasets.Value("int64"),
+        "file_name": datasets.Value("string"),
+        "width": datasets.Value("int32"),
+        "height": datasets.Value("int32"),
+    }
+)
+# Rows per parquet row group: few enough that one group of embedded images stays small in memory.
+ROWS_PER_ROW_GROUP = 100
+
+
+def mask_to_png_bytes(mask: np.ndarray) -> bytes:
+    """Encode a bool mask of shape `(H, W)` as a 1-bit PNG (decodes back with `np.asarray(Image.open(...))`)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _encode_rows(reader: ReferReader, split: str):
+    """Yield the encoded rows of `split`; each image file is read once for its consecutive sentences."""
+    current_path, current_bytes = None, None
+    current_mask, current_mask_png = None, None
+    for example in reader.examples(split):
+        if example["image"] != current_path:
+            current_path, current_bytes = example["image"], Path(example["image"]).read_bytes()
+        if example["mask"] is not current_mask:  # the reader shares one mask array per ref
+            current_mask, current_mask_png = example["mask"], mask_to_png_bytes(example["mask"])
+        row = {key: example[key] for key in REFER_FEATURES if key not in ("image", "mask")}
+        row["image"] = {"bytes": current_bytes, "path": example["file_name"]}
+        row["mask"] = {"bytes": current_mask_png, "path": None}
+        yield REFER_FEATURES.encode_example(row)
+
+
+def _write_split(reader: ReferReader, split: str, data_dir: Path, rows_per_shard: int) -> int:
+    """Write `split` as `data/<split>-XXXXX-of-YYYYY.parquet` shards; return its number of rows."""
+    num_rows = reader.num_examples(split)
+    if num_rows == 0:
+        raise ValueError(f"split {split!r} has no refs in {reader.refs_path}")
+    num_shards = math.ceil(num_rows / rows_per_shard)
+    schema = REFER_FEATURES.arrow_schema  # carries the 🤗 features (Image columns) in its metadata
+    rows = _encode_rows(reader, split)
+    written = 0
+    for shard in range(num_shards):
+        path = data_dir / f"{split}-{shard:05d}-of-{num_shards:05d}.parquet"
+        with pq.ParquetWriter(path, schema) as writer:
+            shard_end = min(written + rows_per_shard, num_rows)
+            while written < shard_end:
+                group = [next(rows) for _ in range(min(ROWS_PER_ROW_GROUP, shard_end - written))]
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                written += len(group)
+    return written
+
+
+def _dataset_card(reader: ReferReader, split_sizes: dict[str, int]) -> str:
+    """README.md with the YAML `configs` that `load_dataset` reads, and a short description of the data."""
+    metadata = {
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in split_sizes],
+            }
+        ],
+        "task_categories": ["image-segmentation"],
+        "tags": ["referring-expression-segmentation", reader.dataset],
+    }
+    sizes = "\n".join(f"| {split} | {size} |" for split, size in split_sizes.items())
+    columns = ", ".join(f"`{name}`" for name in REFER_FEATURES)
+    return f"""---
+{yaml.safe_dump(metadata, sort_keys=False).strip()}
+---
+
+# {reader.dataset} ({reader.split_by} splits) — referring expression segmentation
+
+Converted from the refer format (`{reader.dataset}/refs({reader.split_by}).p` + `instances.json`) with
+`python -m processing.refer_dataset` of the EPNG project. One row per referring sentence.
+
+Columns: {columns}. `mask` is a 1-bit PNG of the referred object at the image's size
+(`np.asarray(row["mask"])` is a bool array); `sentence` is the refer toolkit's cleaned sentence.
+
+| split | sentences |
+|---|---:|
+{sizes}
+
+The annotations and COCO images keep the terms of their original releases.
+"""
+
+
+def convert_refer_to_hf(
+    refer_root: str | Path,
+    dataset: str,
+    output_dir: str | Path,
+    images_dir: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    split_by: str | None = None,
+    rows_per_shard: int = 1000,
+    overwrite: bool = False,
+) -> Path:
+    """
+    Write a refer dataset as a 🤗 dataset folder (parquet shards + README card).
+
+    Args:
+        refer_root (`str` or `Path`): folder with `<dataset>/refs(<split_by>).p` and `<dataset>/instances.json`.
+        dataset (`str`): `"refcoco"`, `"refcoco+"` or `"refcocog"`.
+        output_dir (`str` or `Path`): folder to create.
+        images_dir (`str` or `Path`, *optional*): COCO 2014 train images; defaults to `refer_root/images/train2014`.
+        splits (`Sequence[str]`, *optional*): splits to convert; defaults to the paper's evaluation splits
+            (`val`, `testA`, `testB`; RefCOCOg: `val`, `test`).
+        split_by (`str`, *optional*): `unc`, `umd` or `google`; defaults to the dataset's usual one.
+        rows_per_shard (`int`, defaults to 1000): rows per parquet file.
+        overwrite (`bool`, defaults to `False`): replace an existing `output_dir`.
+
+    Returns:
+        `Path`: the output folder.
+    """
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    reader = ReferReader(refer_root, dataset, split_by=split_by, images_dir=images_dir)
+    splits = reader.check_splits(splits if splits is not None else EVALUATION_SPLITS[dataset])
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Same parent folder: the final rename stays on one file system, hence atomic.
+    staging_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        (staging_dir / "data").mkdir()
+        split_sizes = {}
+        for split in splits:
+            split_sizes[split] = _write_split(reader, split, staging_dir / "data", rows_per_shard)
+            logger.info("%s %s: %d sentences", dataset, split, split_sizes[split])
+        (staging_dir / "README.md").write_text(_dataset_card(reader, split_sizes), encoding="utf-8")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging_dir.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--refer_root", required=True, help="folder with <dataset>/refs(<split_by>).p and instances.json")
+    parser.add_argument("--dataset", required=True, help="refcoco, refcoco+ or refcocog")
+    parser.add_argument("--output", required=True, help="dataset folder to create")
+    parser.add_argument("--images_dir", default=None, help="COCO 2014 train images (default: REFER_ROOT/images/train2014)")
+    parser.add_argument("--splits", nargs="+", default=None, help="splits to convert (default: evaluation splits)")
+    parser.add_argument("--split_by", default=None, help="unc, umd or google (default: the dataset's usual one)")
+    parser.add_argument("--rows_per_shard", type=int, default=1000)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output = convert_refer_to_hf(
+        args.refer_root,
+        args.dataset,
+        args.output,
+        images_dir=args.images_dir,
+        splits=args.splits,
+        split_by=args.split_by,
+        rows_per_shard=args.rows_per_shard,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

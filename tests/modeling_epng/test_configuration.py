@@ -1,0 +1,71 @@
+"""EpngConfig defaults, validation and Auto registration."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from epng_testing import tiny_config_kwargs
+from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
+
+PAPER_PARAMETERS = 76.5e6
+
+
+def test_defaults_are_the_paper_config():
+    config = EpngConfig()
+    assert config.backbone_config.model_type == "resnet"
+    assert list(config.backbone_config.depths) == [3, 4, 23, 3]
+    assert config.text_config.model_type == "bert" and config.text_config.hidden_size == 768
+    assert (config.fpn_channels, config.hidden_size, config.num_communicator_layers) == (256, 768, 3)
+    assert (config.num_attention_heads, config.ffn_dim, config.dropout) == (8, 2048, 0.1)
+    assert (config.bce_weight, config.dice_weight, config.sal_weight) == (2.0, 2.0, 1.0)
+    assert config.lpa_distance == "euclidean" and config.lpa_truncation == 2.0
+    assert config.sal_variant == "bidirectional" and config.mask_threshold == 0.5
+    assert config.freeze_text_encoder and config.backbone_trainable_stages == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"hidden_size": 50}, "hidden_size"),
+        ({"fpn_channels": 20}, "hidden_size"),
+        ({"lpa_distance": "manhattan"}, "lpa_distance"),
+        ({"sal_variant": "one-way"}, "sal_variant"),
+        ({"self_attention_type": "conv"}, "self_attention_type"),
+        ({"communicator_layer_form": "pre-norm"}, "communicator_layer_form"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"sal_temperature": 0.0}, "sal_temperature"),
+        ({"dice_weight": -1.0}, "dice_weight"),
+        ({"mask_threshold": 1.0}, "mask_threshold"),
+        ({"text_pooled_layers": 7}, "text_pooled_layers"),
+        ({"backbone_trainable_stages": -3}, "backbone_trainable_stages"),
+    ],
+)
+def test_invalid_config_raises_value_error_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        EpngConfig(**tiny_config_kwargs(**overrides))
+
+
+def test_config_round_trip_and_auto_config(tmp_path):
+    config = EpngConfig(**tiny_config_kwargs(lpa_distance="squared", sal_variant="reference"))
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, EpngConfig)
+    assert loaded.lpa_distance == "squared" and loaded.sal_variant == "reference"
+    assert loaded.backbone_config.hidden_sizes == config.backbone_config.hidden_sizes
+    assert loaded.text_config.hidden_size == 32
+
+
+def test_auto_model_resolves_epng():
+    model = AutoModel.from_config(EpngConfig(**tiny_config_kwargs()))
+    assert isinstance(model, EpngForPanopticNarrativeGrounding)
+
+
+def test_full_size_parameter_count_is_within_ten_percent_of_the_paper():
+    with torch.device("meta"):
+        model = EpngForPanopticNarrativeGrounding(EpngConfig())
+    report = model.parameter_report()
+    assert abs(report["without_text_encoder"] - PAPER_PARAMETERS) / PAPER_PARAMETERS < 0.10
+    assert report["text_encoder"] > 100e6  # BERT-base, excluded from the paper's count
+    assert report["backbone"] + report["fpn"] + report["communicator"] + report["text_projection"] == (
+        report["without_text_encoder"]
+    )

@@ -1,0 +1,205 @@
+"""EpngForPanopticNarrativeGrounding with tiny configs: shapes, masking, freezing, save/load, learning."""
+
+import pytest
+import torch
+
+from epng_testing import tiny_config_kwargs
+from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
+
+
+def make_inputs(batch_size=2, height=64, width=96, num_phrases=3, seq_len=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1000, 2000, (batch_size, seq_len), generator=generator)
+    phrase_ids = torch.full((batch_size, seq_len), -1)
+    phrase_ids[0, 1:3], phrase_ids[0, 4], phrase_ids[0, 6:9] = 0, 1, 2
+    phrase_ids[1, 2] = 0
+    phrase_mask = torch.zeros(batch_size, num_phrases, dtype=torch.bool)
+    phrase_mask[0, :3] = True
+    phrase_mask[1, 0] = True
+    return {
+        "pixel_values": torch.randn(batch_size, 3, height, width, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "phrase_ids": phrase_ids,
+        "phrase_mask": phrase_mask,
+    }
+
+
+def make_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs(**overrides)))
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (64, 96), (128, 32)])
+def test_output_shapes_square_and_non_square(height, width):
+    model = make_model().eval()
+    inputs = make_inputs(height=height, width=width)
+    with torch.no_grad():
+        output = model(**inputs, output_attentions=True)
+    assert output.mask_logits.shape == (2, 3, height // 4, width // 4)
+    assert output.phrase_embeddings.shape == (2, 3, 48)
+    assert output.pixel_embeddings.shape == (2, 48, height // 4, width // 4)
+    tokens = (height // 16) * (width // 16)
+    assert len(output.lpa_attentions) == 2 and output.lpa_attentions[0].shape == (2, 4, tokens, tokens)
+    assert output.loss is None
+
+
+def test_input_size_must_be_a_multiple_of_32():
+    model = make_model().eval()
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(**make_inputs(height=48, width=64))
+
+
+def test_mismatched_mask_labels_raise():
+    model = make_model().eval()
+    with pytest.raises(ValueError, match="mask_labels"):
+        model(**make_inputs(), mask_labels=torch.zeros(2, 5, 16, 16))
+
+
+def test_padding_phrases_do_not_change_real_phrases():
+    model = make_model().eval()
+    inputs = make_inputs(num_phrases=3)
+    padded = dict(inputs, phrase_mask=torch.cat([inputs["phrase_mask"], torch.zeros(2, 4, dtype=torch.bool)], 1))
+    with torch.no_grad():
+        plain = model(**inputs)
+        wider = model(**padded)
+    real = inputs["phrase_mask"]
+    assert torch.allclose(plain.mask_logits[real], wider.mask_logits[:, :3][real], atol=1e-5)
+    assert torch.allclose(plain.pixel_embeddings, wider.pixel_embeddings, atol=1e-5)
+
+
+def test_eval_mode_is_deterministic():
+    model = make_model().eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).mask_logits, model(**inputs).mask_logits)
+
+
+def test_phrase_features_path_equals_token_path():
+    model = make_model().eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        token_path = model(**inputs)
+        features = model.phrase_encoder.pool_phrases(
+            inputs["input_ids"], inputs["attention_mask"], inputs["phrase_ids"], 3
+        )
+        feature_path = model(
+            pixel_values=inputs["pixel_values"], phrase_features=features, phrase_mask=inputs["phrase_mask"]
+        )
+    assert torch.allclose(token_path.mask_logits, feature_path.mask_logits, atol=1e-6)
+
+
+def test_loss_is_finite_for_empty_masks_and_phrase_less_samples():
+    model = make_model().train()
+    inputs = make_inputs()
+    inputs["phrase_mask"][1] = False
+    inputs["phrase_ids"][1] = -1
+    labels = torch.zeros(2, 3, 40, 50)
+    labels[0, 0, 5:20, 10:30] = 1  # phrase 1 and 2 of sample 0 have empty masks
+    output = model(**inputs, mask_labels=labels)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    for name in ("bce_loss", "dice_loss", "sal_loss"):
+        assert torch.isfinite(getattr(output, name))
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_all_samples_without_phrases_give_zero_loss():
+    model = make_model().train()
+    inputs = make_inputs()
+    inputs["phrase_mask"][:] = False
+    inputs["phrase_ids"][:] = -1
+    output = model(**inputs, mask_labels=torch.zeros(2, 3, 64, 96))
+    output.loss.backward()
+    assert output.loss.item() == 0.0
+
+
+def test_sal_weight_zero_skips_sal():
+    model = make_model(sal_weight=0.0).train()
+    output = model(**make_inputs(), mask_labels=torch.ones(2, 3, 64, 96))
+    assert output.sal_loss is None
+    assert output.loss.item() == pytest.approx(2 * output.bce_loss.item() + 2 * output.dice_loss.item(), rel=1e-5)
+
+
+def test_frozen_parameters_get_no_gradient_and_do_not_move():
+    model = make_model(backbone_trainable_stages=2).train()
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    output = model(**make_inputs(), mask_labels=(torch.rand(2, 3, 64, 96) > 0.5).float())
+    output.loss.backward()
+    optimizer.step()
+    moved = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
+    frozen_prefixes = ("phrase_encoder.text_encoder.", "visual_encoder.backbone.embedder.",
+                       "visual_encoder.backbone.encoder.stages.0.", "visual_encoder.backbone.encoder.stages.1.")
+    for name, parameter in model.named_parameters():
+        if name.startswith(frozen_prefixes):
+            assert not parameter.requires_grad and parameter.grad is None and name not in moved, name
+    for prefix in ("visual_encoder.backbone.encoder.stages.3.", "visual_encoder.lateral_convs.",
+                   "communicator.layers.0.", "phrase_encoder.text_projection."):
+        assert any(name.startswith(prefix) for name in moved), prefix
+    # frozen batch norms keep their statistics in training mode
+    assert all(torch.equal(buffer, dict(model.named_buffers())[name]) for name, buffer in model.named_buffers())
+
+
+def test_frozen_text_encoder_stays_in_eval_mode():
+    model = make_model().train()
+    assert not model.phrase_encoder.text_encoder.training
+    assert model.communicator.training
+
+
+def test_fully_trainable_backbone_with_batch_norm():
+    model = make_model(backbone_trainable_stages=-1, freeze_backbone_batch_norm=False, freeze_text_encoder=False)
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual_encoder.backbone.modules())
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
+    model = make_model(lpa_distance="squared").eval()
+    with torch.no_grad():
+        model.communicator.layers[0].self_attention.attention.distance_weights.fill_(0.7)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = EpngForPanopticNarrativeGrounding.from_pretrained(tmp_path).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).mask_logits, loaded(**inputs).mask_logits)
+    assert loaded.config.lpa_distance == "squared"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"self_attention_type": "mhsa"},
+        {"self_attention_type": "mhsa_sine"},
+        {"communicator_layer_form": "reference", "sal_variant": "reference"},
+    ],
+)
+def test_ablation_and_reference_variants_run_and_train(overrides):
+    model = make_model(**overrides).train()
+    output = model(**make_inputs(height=64, width=64), mask_labels=torch.ones(2, 3, 64, 64))
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    prior_params = [n for n, _ in model.named_parameters() if "distance_weights" in n]
+    assert bool(prior_params) == (overrides.get("self_attention_type", "lpa") == "lpa")
+
+
+def test_overfitting_one_tiny_batch_drives_the_loss_down():
+    model = make_model(backbone_trainable_stages=-1, dropout=0.0).train()
+    inputs = make_inputs(height=64, width=64)
+    labels = torch.zeros(2, 3, 64, 64)
+    labels[0, 0, :32] = 1
+    labels[0, 1, 32:, :32] = 1
+    labels[0, 2, 32:, 32:] = 1
+    labels[1, 0, :, :20] = 1
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses, mask_losses = [], []
+    for _ in range(50):
+        optimizer.zero_grad()
+        output = model(**inputs, mask_labels=labels)
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.loss.item())
+        mask_losses.append(output.bce_loss.item() + output.dice_loss.item())
+    # SAL is bounded below by log(#positive pixels) per phrase, so the mask terms carry the clear drop
+    assert mask_losses[-1] < 0.25 * mask_losses[0], mask_losses
+    assert losses[-1] < 0.8 * losses[0], losses
