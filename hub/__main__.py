@@ -106,13 +106,13 @@ def _run(args: argparse.Namespace) -> None:
         print(f"Model card written to {output}")
         return
 
-    push_arguments = dict(
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        token=args.token,
-        dry_run=args.dry_run,
-    )
+    push_arguments = {
+        "private": args.private,
+        "revision": args.revision,
+        "commit_message": args.commit_message,
+        "token": args.token,
+        "dry_run": args.dry_run,
+    }
     if args.command == "push-model":
         upload = push_model(
             args.folder,

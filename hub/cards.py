@@ -82,7 +82,7 @@ CITATIONS = """```bibtex
 }
 ```"""
 
-USAGE_TEMPLATE = '''```python
+USAGE_TEMPLATE = """```python
 import torch
 from PIL import Image
 
@@ -101,7 +101,7 @@ with torch.no_grad():
     outputs = model(**inputs)
 # One binary mask per phrase, at the original image size (height, width).
 masks = processor.post_process_grounding(outputs, target_sizes=[(image.height, image.width)])
-```'''
+```"""
 
 
 class HubInputError(ValueError):
@@ -144,7 +144,7 @@ def read_png_metrics(model_dir: str | Path) -> tuple[dict[str, float], int | Non
 
 
 def _resnet_name(backbone: dict[str, Any]) -> str | None:
-    """"ResNet-101"-style name of a ResNet config: 3 layers per bottleneck block, 2 per basic block, + stem + head."""
+    """Name such as "ResNet-101" of a ResNet config: 3 layers per bottleneck block, 2 per basic block, + stem + head."""
     depths = backbone.get("depths")
     if backbone.get("model_type") != "resnet" or not depths:
         return None
@@ -213,7 +213,7 @@ def _format_number(value: Any) -> str:
 
 
 def _format_duration(seconds: float) -> str:
-    hours, remainder = divmod(int(round(seconds)), 3600)
+    hours, remainder = divmod(round(seconds), 3600)
     return f"{hours}:{remainder // 60:02d}:{remainder % 60:02d}"
 
 
@@ -241,7 +241,10 @@ def _trainer_state_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
     if learning_rates:
         first_peak_last = (learning_rates[0], max(learning_rates), learning_rates[-1])
         rows.append(
-            ("Learning rate (first / peak / last logged)", " / ".join(_format_number(float(lr)) for lr in first_peak_last))
+            (
+                "Learning rate (first / peak / last logged)",
+                " / ".join(_format_number(float(lr)) for lr in first_peak_last),
+            )
         )
     losses = [entry["loss"] for entry in history if "loss" in entry]
     if losses:
@@ -371,33 +374,33 @@ def model_card(
     )
 
     trained_on = (
-        " It was trained on " + ", ".join(f"[{name}](https://huggingface.co/datasets/{name})" for name in datasets) + "."
+        " It was trained on "
+        + ", ".join(f"[{name}](https://huggingface.co/datasets/{name})" for name in datasets)
+        + "."
         if datasets
         else ""
     )
-    sections = [
-        f"# {model_name}",
+    introduction = (
         f"An [EPNG]({EPNG_PAPER_URL}) model (End-to-End Panoptic Narrative Grounding network) for "
         f"[Panoptic Narrative Grounding]({PNG_PAPER_URL}): given an image and a narrative in which noun phrases are "
         "marked as character spans, it predicts one binary mask per phrase, for things and stuff alike, in a single "
         "forward pass without mask proposals. Each phrase embedding acts as a dynamic 1x1 kernel over pixel features "
-        f"refined by Locality-Perceptive Attention and cross attention.{trained_on}",
-    ]
+        f"refined by Locality-Perceptive Attention and cross attention.{trained_on}"
+    )
+    sections = [f"# {model_name}", introduction]
     if evaluation:
         metrics, num_phrases = evaluation
         counted = f" over {num_phrases:,} grounded phrases" if num_phrases is not None else ""
-        sections += [
-            "## Evaluation results",
+        description = (
             f"Average Recall (AR, %) of the predicted masks{counted}, overall and per phrase subset "
-            "(the layout of the EPNG paper's table 1).",
-            _metrics_table(metrics),
-        ]
-    sections += [
-        "## How to use",
+            "(the layout of the EPNG paper's table 1)."
+        )
+        sections += ["## Evaluation results", description, _metrics_table(metrics)]
+    installation = (
         "The model code lives in the `epng` package (modules `modeling_epng` and `processing`): install it from its "
-        "source tree with `pip install .`.",
-        USAGE_TEMPLATE.format(model_id=model_name),
-    ]
+        "source tree with `pip install .`."
+    )
+    sections += ["## How to use", installation, USAGE_TEMPLATE.format(model_id=model_name)]
     architecture = _architecture_rows(config)
     if architecture:
         sections += ["## Model architecture", _markdown_table(architecture, ("Component", "Configuration"))]

@@ -220,6 +220,7 @@ def check_dataset_folder(folder: str | Path) -> None:
 
 def _upload(
     upload: HubUpload,
+    *,
     api: HfApi | None,
     token: str | None,
     commit_message: str,
@@ -298,7 +299,12 @@ def push_model(
     if write_card:
         write_model_card(folder, repo_id, datasets=datasets, license=license)
     return _upload(
-        upload, api, token, commit_message or DEFAULT_MODEL_COMMIT_MESSAGE, None, MODEL_IGNORE_PATTERNS
+        upload,
+        api=api,
+        token=token,
+        commit_message=commit_message or DEFAULT_MODEL_COMMIT_MESSAGE,
+        allow_patterns=None,
+        ignore_patterns=MODEL_IGNORE_PATTERNS,
     )
 
 
@@ -332,7 +338,12 @@ def push_dataset(
     if dry_run:
         return upload
     return _upload(
-        upload, api, token, commit_message or DEFAULT_DATASET_COMMIT_MESSAGE, DATASET_ALLOW_PATTERNS, None
+        upload,
+        api=api,
+        token=token,
+        commit_message=commit_message or DEFAULT_DATASET_COMMIT_MESSAGE,
+        allow_patterns=DATASET_ALLOW_PATTERNS,
+        ignore_patterns=None,
     )
 
 

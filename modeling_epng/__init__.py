@@ -9,3 +9,20 @@ AutoConfig.register(EpngConfig.model_type, EpngConfig, exist_ok=True)
 AutoModel.register(EpngConfig, EpngForPanopticNarrativeGrounding, exist_ok=True)
 
 __all__ = ["EpngConfig", "EpngForPanopticNarrativeGrounding", "EpngOutput", "EpngPreTrainedModel"]
+
+# Processing classes (registered here so that `import modeling_epng` is all AutoImageProcessor/AutoProcessor need).
+from transformers import AutoImageProcessor, AutoProcessor  # noqa: E402
+
+from processing.image_processing_epng import EpngImageProcessor  # noqa: E402
+from processing.processing_epng import EpngProcessor  # noqa: E402
+
+# One implementation (PyTorch, no torchvision needed) serves both backend names, so AutoImageProcessor resolves it
+# without a backend-fallback warning whether or not torchvision is installed.
+AutoImageProcessor.register(
+    EpngConfig,
+    image_processor_classes={"torchvision": EpngImageProcessor, "pil": EpngImageProcessor},
+    exist_ok=True,
+)
+AutoProcessor.register(EpngConfig, EpngProcessor, exist_ok=True)
+
+__all__ += ["EpngImageProcessor", "EpngProcessor"]

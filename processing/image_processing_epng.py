@@ -304,6 +304,8 @@ class EpngImageProcessor(BaseImageProcessor):
 
         return_tensors = kwargs.get("return_tensors")
         if return_tensors is not None:
+            if len({tuple(image.shape) for image in pixel_values}) > 1:
+                raise ValueError("Images of different sizes cannot be stacked: keep `do_resize=True`.")
             data["pixel_values"] = torch.stack(data["pixel_values"])
             if str(return_tensors) in ("np", "TensorType.NUMPY"):
                 data["pixel_values"] = data["pixel_values"].numpy()
@@ -336,6 +338,10 @@ class EpngImageProcessor(BaseImageProcessor):
             )[0]
             if is_integer and mode == "bicubic":
                 image = image.clamp(0.0, 255.0)
+        elif image.shape[-2] % SIZE_DIVISOR or image.shape[-1] % SIZE_DIVISOR:
+            raise ValueError(
+                f"Without resizing, image sides must be multiples of {SIZE_DIVISOR}, got {tuple(image.shape[-2:])}."
+            )
         if do_rescale:
             image = image * rescale_factor
         if do_normalize:
@@ -355,12 +361,11 @@ class EpngImageProcessor(BaseImageProcessor):
             )
         if known_segment_ids is not None and len(known_segment_ids) != batch_size:
             raise ValueError(f"Got {len(known_segment_ids)} `known_segment_ids` lists for {batch_size} images.")
-        height, width = pixel_values[0].shape[-2:]
         return [
             self.phrase_masks(
                 maps[index],
                 phrase_segment_ids[index],
-                size=(height, width),
+                size=tuple(pixel_values[index].shape[-2:]),
                 known_segment_ids=None if known_segment_ids is None else known_segment_ids[index],
             ).to(torch.float32)
             for index in range(batch_size)

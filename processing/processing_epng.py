@@ -171,7 +171,7 @@ class EpngProcessor(ProcessorMixin):
         if text is None and (phrases is not None or has_targets):
             raise ValueError("`phrases` and mask targets need the narratives in `text`.")
         if has_targets and (images is None or phrases is None):
-            raise ValueError("Mask targets need `images` and `phrases` as well as `panoptic_maps`/`phrase_segment_ids`.")
+            raise ValueError("Mask targets need `images` and `phrases` besides `panoptic_maps`/`phrase_segment_ids`.")
 
         if isinstance(text, str):
             text = [text]
@@ -185,7 +185,7 @@ class EpngProcessor(ProcessorMixin):
         if text is not None:
             data.update(self._encode_text(list(text), phrases, max_length, padding))
         if images is not None:
-            if has_targets and phrase_segment_ids is not None:
+            if phrase_segment_ids is not None:
                 for index, (spans, segment_ids) in enumerate(zip(phrases, phrase_segment_ids)):
                     if len(spans) != len(segment_ids):
                         raise ValueError(
@@ -210,7 +210,13 @@ class EpngProcessor(ProcessorMixin):
         batch = BatchFeature(data, skip_tensor_conversion=["original_sizes"])
         return batch.convert_to_tensors("np") if return_tensors == "np" else batch
 
-    def _encode_text(self, texts: list[str], phrases, max_length: int, padding: bool | str) -> dict[str, torch.Tensor]:
+    def _encode_text(
+        self,
+        texts: list[str],
+        phrases: Sequence[Sequence[PhraseSpec]] | None,
+        max_length: int,
+        padding: bool | str,
+    ) -> dict[str, torch.Tensor]:
         """Tokenise the narratives and map every token to its phrase."""
         encoding = self.tokenizer(
             texts,
@@ -231,7 +237,9 @@ class EpngProcessor(ProcessorMixin):
             raise ValueError(f"Got {len(phrases)} phrase lists for {len(texts)} narratives.")
 
         is_text_token = encoding["attention_mask"].numpy().astype(bool) & ~special_tokens_mask
-        all_spans = [resolve_phrase_spans(text, narrative, index) for index, (text, narrative) in enumerate(zip(texts, phrases))]
+        all_spans = [
+            resolve_phrase_spans(text, narrative, index) for index, (text, narrative) in enumerate(zip(texts, phrases))
+        ]
         num_phrase_slots = max((len(spans) for spans in all_spans), default=0)
         phrase_ids = np.full(offsets.shape[:2], -1, dtype=np.int64)
         phrase_mask = np.zeros((len(texts), num_phrase_slots), dtype=bool)
@@ -240,9 +248,14 @@ class EpngProcessor(ProcessorMixin):
             has_tokens = np.zeros(len(spans), dtype=bool)
             has_tokens[phrase_ids[index][phrase_ids[index] >= 0]] = True
             phrase_mask[index, : len(spans)] = has_tokens
-            # Spans are validated non-blank, so a phrase without tokens can only have been cut by truncation.
+            kept_text_end = int(offsets[index][is_text_token[index], 1].max(initial=0))
             for phrase_index in np.flatnonzero(~has_tokens):
                 start, end = spans[phrase_index]
+                if start < kept_text_end:  # not truncated: the span holds only characters the tokenizer drops
+                    raise ValueError(
+                        f"Span {(start, end)} ({text[start:end]!r}) of narrative {index} ({_snippet(text)!r}) "
+                        "covers no token."
+                    )
                 warnings.warn(
                     f"Phrase {phrase_index} {text[start:end]!r} of narrative {index} ({_snippet(text)!r}) lost all "
                     f"its tokens to truncation at max_length={max_length}; it is masked out of `phrase_mask`.",
@@ -286,7 +299,8 @@ class EpngProcessor(ProcessorMixin):
         if probabilities.shape[0] == 0:
             empty = probabilities.new_zeros((0, height, width))
             return {"masks": empty.bool(), "scores": probabilities.new_zeros((0,))}
-        probabilities = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        probabilities = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)
+        probabilities = probabilities[0]
         masks = probabilities >= threshold
         mask_areas = masks.sum(dim=(1, 2))
         scores = (probabilities * masks).sum(dim=(1, 2)) / mask_areas.clamp(min=1)
@@ -320,15 +334,18 @@ class EpngProcessor(ProcessorMixin):
         """
         if isinstance(outputs, torch.Tensor):
             mask_logits = outputs
-        elif isinstance(outputs, Mapping) or hasattr(outputs, "mask_logits"):
-            mask_logits = outputs["mask_logits"] if isinstance(outputs, Mapping) else outputs.mask_logits
+        elif isinstance(outputs, Mapping):  # EpngOutput is a ModelOutput, hence a mapping
+            mask_logits = outputs["mask_logits"]
         else:
-            raise TypeError(f"`outputs` must be an EpngOutput, a mapping with 'mask_logits' or a tensor, got {type(outputs)}.")
+            mask_logits = getattr(outputs, "mask_logits", None)
+        if not isinstance(mask_logits, torch.Tensor):
+            raise TypeError(f"`outputs` needs `mask_logits` (EpngOutput, mapping or tensor), got {type(outputs)}")
         if len(target_sizes) != mask_logits.shape[0]:
             raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {mask_logits.shape[0]}.")
         if phrase_mask is not None and tuple(phrase_mask.shape) != tuple(mask_logits.shape[:2]):
             raise ValueError(
-                f"`phrase_mask` has shape {tuple(phrase_mask.shape)} but the logits have {tuple(mask_logits.shape[:2])} phrases."
+                f"`phrase_mask` has shape {tuple(phrase_mask.shape)} but the logits have (B, P) = "
+                f"{tuple(mask_logits.shape[:2])}."
             )
         results = []
         for index, target_size in enumerate(target_sizes):

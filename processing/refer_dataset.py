@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -28,10 +30,12 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
+from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
 from PIL import Image
 
-from .refer_format import EVALUATION_SPLITS, ReferReader
+from .refer_format import ReferReader
 
 logger = logging.getLogger(__name__)
 
@@ -76,42 +80,49 @@ def _encode_rows(reader: ReferReader, split: str):
         yield REFER_FEATURES.encode_example(row)
 
 
-def _write_split(reader: ReferReader, split: str, data_dir: Path, rows_per_shard: int) -> int:
-    """Write `split` as `data/<split>-XXXXX-of-YYYYY.parquet` shards; return its number of rows."""
+def _write_split(reader: ReferReader, split: str, data_dir: Path, rows_per_shard: int) -> SplitInfo:
+    """Write `split` as `data/<split>-XXXXX-of-YYYYY.parquet` shards; return its size (rows, Arrow bytes)."""
     num_rows = reader.num_examples(split)
     if num_rows == 0:
         raise ValueError(f"split {split!r} has no refs in {reader.refs_path}")
     num_shards = math.ceil(num_rows / rows_per_shard)
     schema = REFER_FEATURES.arrow_schema  # carries the 🤗 features (Image columns) in its metadata
     rows = _encode_rows(reader, split)
-    written = 0
+    written, num_bytes = 0, 0
     for shard in range(num_shards):
         path = data_dir / f"{split}-{shard:05d}-of-{num_shards:05d}.parquet"
         with pq.ParquetWriter(path, schema) as writer:
             shard_end = min(written + rows_per_shard, num_rows)
             while written < shard_end:
-                group = [next(rows) for _ in range(min(ROWS_PER_ROW_GROUP, shard_end - written))]
-                writer.write_table(pa.Table.from_pylist(group, schema=schema))
-                written += len(group)
-    return written
+                group = list(itertools.islice(rows, min(ROWS_PER_ROW_GROUP, shard_end - written)))
+                table = pa.Table.from_pylist(group, schema=schema)
+                writer.write_table(table)
+                written, num_bytes = written + table.num_rows, num_bytes + table.nbytes
+    return SplitInfo(name=split, num_examples=written, num_bytes=num_bytes)
 
 
-def _dataset_card(reader: ReferReader, split_sizes: dict[str, int]) -> str:
-    """README.md with the YAML `configs` that `load_dataset` reads, and a short description of the data."""
-    metadata = {
-        "configs": [
+def _dataset_card(reader: ReferReader, split_infos: list[SplitInfo]) -> str:
+    """README.md: YAML with the `configs` that `load_dataset` reads and the `dataset_info`, then a description."""
+    card_data = DatasetCardData(
+        pretty_name=f"{reader.dataset} ({reader.split_by}) referring expression segmentation",
+        language=["en"],
+        task_categories=["image-segmentation"],
+        tags=["referring-expression-segmentation", reader.dataset],
+        configs=[
             {
                 "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in split_sizes],
+                "data_files": [{"split": info.name, "path": f"data/{info.name}-*.parquet"} for info in split_infos],
             }
         ],
-        "task_categories": ["image-segmentation"],
-        "tags": ["referring-expression-segmentation", reader.dataset],
-    }
-    sizes = "\n".join(f"| {split} | {size} |" for split, size in split_sizes.items())
+    )
+    splits = SplitDict()
+    for info in split_infos:
+        splits.add(info)
+    DatasetInfosDict({"default": DatasetInfo(features=REFER_FEATURES, splits=splits)}).to_dataset_card_data(card_data)
+    sizes = "\n".join(f"| {info.name} | {info.num_examples} |" for info in split_infos)
     columns = ", ".join(f"`{name}`" for name in REFER_FEATURES)
     return f"""---
-{yaml.safe_dump(metadata, sort_keys=False).strip()}
+{card_data.to_yaml()}
 ---
 
 # {reader.dataset} ({reader.split_by} splits) — referring expression segmentation
@@ -119,15 +130,37 @@ def _dataset_card(reader: ReferReader, split_sizes: dict[str, int]) -> str:
 Converted from the refer format (`{reader.dataset}/refs({reader.split_by}).p` + `instances.json`) with
 `python -m processing.refer_dataset` of the EPNG project. One row per referring sentence.
 
-Columns: {columns}. `mask` is a 1-bit PNG of the referred object at the image's size
+Columns: {columns}.
+`mask` is a 1-bit PNG of the referred object at the image's size
 (`np.asarray(row["mask"])` is a bool array); `sentence` is the refer toolkit's cleaned sentence.
 
 | split | sentences |
 |---|---:|
 {sizes}
 
+```python
+from datasets import load_dataset
+
+dataset = load_dataset("path/to/this/folder")  # DatasetDict with the splits above
+```
+
 The annotations and COCO images keep the terms of their original releases.
 """
+
+
+def _move_into_place(staging_dir: Path, output_dir: Path) -> None:
+    """Rename the finished `staging_dir` to `output_dir`; an existing output is removed only once replaced."""
+    if not output_dir.exists():
+        staging_dir.rename(output_dir)
+        return
+    previous = staging_dir.with_name(staging_dir.name.replace(".partial-", ".replaced-"))
+    output_dir.rename(previous)
+    try:
+        staging_dir.rename(output_dir)
+    except BaseException:
+        previous.rename(output_dir)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def convert_refer_to_hf(
@@ -163,21 +196,22 @@ def convert_refer_to_hf(
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     reader = ReferReader(refer_root, dataset, split_by=split_by, images_dir=images_dir)
-    splits = reader.check_splits(splits if splits is not None else EVALUATION_SPLITS[dataset])
+    splits = reader.check_splits(splits if splits is not None else reader.evaluation_splits)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Same parent folder: the final rename stays on one file system, hence atomic.
     staging_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging_dir, 0o777 & ~umask)  # mkdtemp makes the folder private; the output should not be
         (staging_dir / "data").mkdir()
-        split_sizes = {}
+        split_infos = []
         for split in splits:
-            split_sizes[split] = _write_split(reader, split, staging_dir / "data", rows_per_shard)
-            logger.info("%s %s: %d sentences", dataset, split, split_sizes[split])
-        (staging_dir / "README.md").write_text(_dataset_card(reader, split_sizes), encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging_dir.rename(output_dir)
+            split_infos.append(_write_split(reader, split, staging_dir / "data", rows_per_shard))
+            logger.info("%s %s: %d sentences", dataset, split, split_infos[-1].num_examples)
+        (staging_dir / "README.md").write_text(_dataset_card(reader, split_infos), encoding="utf-8")
+        _move_into_place(staging_dir, output_dir)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
@@ -186,26 +220,33 @@ def convert_refer_to_hf(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--refer_root", required=True, help="folder with <dataset>/refs(<split_by>).p and instances.json")
+    parser.add_argument(
+        "--refer_root", required=True, help="folder with <dataset>/refs(<split_by>).p and instances.json"
+    )
     parser.add_argument("--dataset", required=True, help="refcoco, refcoco+ or refcocog")
     parser.add_argument("--output", required=True, help="dataset folder to create")
-    parser.add_argument("--images_dir", default=None, help="COCO 2014 train images (default: REFER_ROOT/images/train2014)")
+    parser.add_argument(
+        "--images_dir", default=None, help="COCO 2014 train images (default: REFER_ROOT/images/train2014)"
+    )
     parser.add_argument("--splits", nargs="+", default=None, help="splits to convert (default: evaluation splits)")
     parser.add_argument("--split_by", default=None, help="unc, umd or google (default: the dataset's usual one)")
     parser.add_argument("--rows_per_shard", type=int, default=1000)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output = convert_refer_to_hf(
-        args.refer_root,
-        args.dataset,
-        args.output,
-        images_dir=args.images_dir,
-        splits=args.splits,
-        split_by=args.split_by,
-        rows_per_shard=args.rows_per_shard,
-        overwrite=args.overwrite,
-    )
+    try:
+        output = convert_refer_to_hf(
+            args.refer_root,
+            args.dataset,
+            args.output,
+            images_dir=args.images_dir,
+            splits=args.splits,
+            split_by=args.split_by,
+            rows_per_shard=args.rows_per_shard,
+            overwrite=args.overwrite,
+        )
+    except (FileExistsError, FileNotFoundError, ValueError) as error:  # wrong arguments or files: no traceback
+        parser.error(str(error))
     print(f"wrote {output}")
 
 

@@ -31,7 +31,11 @@ REFER_SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 # Splits of the paper's zero-shot evaluation (table 4), in its column order.
-EVALUATION_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
+EVALUATION_SPLITS = {
+    "refcoco": ("val", "testA", "testB"),
+    "refcoco+": ("val", "testA", "testB"),
+    "refcocog": ("val", "test"),
+}
 
 
 def resolve_split_by(dataset: str, split_by: str | None = None) -> str:
@@ -113,6 +117,11 @@ class ReferReader:
         self.images = {image["id"]: image for image in instances["images"]}
         self.annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
 
+    @property
+    def evaluation_splits(self) -> tuple[str, ...]:
+        """The splits of the paper's zero-shot evaluation that this `split_by` has (RefCOCOg google: only `val`)."""
+        return tuple(split for split in EVALUATION_SPLITS[self.dataset] if split in self.valid_splits)
+
     def check_splits(self, splits: Sequence[str] | None) -> tuple[str, ...]:
         """Validate split names (`None` → every split of the dataset) and return them as a tuple."""
         if splits is None:
@@ -122,7 +131,8 @@ class ReferReader:
         unknown = [split for split in splits if split not in self.valid_splits]
         if unknown:
             raise ValueError(
-                f"unknown split(s) {unknown} for {self.dataset} ({self.split_by}); valid: {', '.join(self.valid_splits)}"
+                f"unknown split(s) {unknown} for {self.dataset} ({self.split_by}); "
+                f"valid: {', '.join(self.valid_splits)}"
             )
         return tuple(splits)
 
@@ -152,8 +162,8 @@ class ReferReader:
         Yields:
             `dict` with `image` (`str`, path of the image file), `file_name` (`str`), `image_id`, `ann_id`,
             `ref_id`, `sent_id`, `category_id` (`int`), `sentence` (`str`, the refer toolkit's cleaned `sent`),
-            `mask` (`np.ndarray` of shape `(height, width)`, bool, read-only: one array shared by the sentences of a ref),
-            `width`, `height` (`int`) and `split` (`str`).
+            `mask` (`np.ndarray` of shape `(height, width)`, bool, read-only: one array shared by the sentences of
+            a ref), `width`, `height` (`int`) and `split` (`str`).
 
         Raises:
             `FileNotFoundError`: when an image file is missing from `images_dir`.
@@ -164,11 +174,16 @@ class ReferReader:
                     continue
                 image = self.images.get(ref["image_id"])
                 if image is None:
-                    raise KeyError(f"ref {ref['ref_id']}: image {ref['image_id']} is missing from {self.instances_path}")
+                    raise KeyError(
+                        f"ref {ref['ref_id']}: image {ref['image_id']} is missing from {self.instances_path}"
+                    )
                 # The ref's own `file_name` names the annotation (…_<ann>.jpg), not the image: use the COCO one.
                 image_path = self.images_dir / image["file_name"]
                 if not image_path.is_file():
-                    raise FileNotFoundError(f"image {image['id']} of ref {ref['ref_id']} not found: {image_path}")
+                    raise FileNotFoundError(
+                        f"image {image['id']} of ref {ref['ref_id']} not found: {image_path} "
+                        "(images_dir must be the folder of the COCO 2014 train images)"
+                    )
                 mask = self._ref_mask(ref, image)
                 mask.setflags(write=False)  # shared by the ref's sentences: an in-place edit would leak across them
                 category_id = ref.get("category_id", self.annotations[ref["ann_id"]].get("category_id"))

@@ -17,7 +17,7 @@ perfectly); everywhere else IoU = |pred ∩ gt| / |pred ∪ gt|.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,9 @@ def _check_ious(ious: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Average Recall (PNG)
 # ----------------------------------------------------------------------------------------------------------------
-def recall_curve(ious: Sequence[float] | np.ndarray | torch.Tensor, thresholds: np.ndarray = AR_THRESHOLDS) -> np.ndarray:
+def recall_curve(
+    ious: Sequence[float] | np.ndarray | torch.Tensor, thresholds: np.ndarray = AR_THRESHOLDS
+) -> np.ndarray:
     """
     Recall at each IoU threshold: the fraction of phrases whose IoU is ≥ the threshold.
 
@@ -135,7 +137,8 @@ def average_recall_table(
     is_plural = _to_numpy(is_plural, bool)
     if not ious.shape == is_thing.shape == is_plural.shape:
         raise ValueError(
-            f"ious, is_thing and is_plural must have the same length, got {ious.size}, {is_thing.size}, {is_plural.size}"
+            "ious, is_thing and is_plural must have the same length, "
+            f"got {ious.size}, {is_thing.size}, {is_plural.size}"
         )
     if ious.size == 0:
         raise ValueError("AR is undefined without phrases: got an empty list of IoUs")
@@ -169,8 +172,8 @@ def format_average_recall_table(
     Args:
         rows (`Mapping[str, Mapping[str, float]]`): row label → output of [`average_recall_table`].
         decimals (`int`, defaults to 1): digits after the decimal point.
-        show_counts (`bool`, defaults to `True`): add a row with the phrase count of each subset (taken from the
-            first table; rows of one evaluation share them).
+        show_counts (`bool`, defaults to `True`): add the phrase count of each subset: one row when all tables
+            share the counts (the usual case: several models on one evaluation set), else one row per table.
 
     Returns:
         `str`: a Markdown table with columns Model | All | Thing | Stuff | Single | Plural.
@@ -179,8 +182,11 @@ def format_average_recall_table(
         raise ValueError("nothing to format: `rows` is empty")
     body = [[label, *(f"{table[name]:.{decimals}f}" for name in AR_SUBSETS)] for label, table in rows.items()]
     if show_counts:
-        first = next(iter(rows.values()))
-        body.append(["(phrases)", *(str(first[f"num_{name}"]) for name in AR_SUBSETS)])
+        counts = {label: [str(table[f"num_{name}"]) for name in AR_SUBSETS] for label, table in rows.items()}
+        if len({tuple(row) for row in counts.values()}) == 1:
+            body.append(["(phrases)", *next(iter(counts.values()))])
+        else:
+            body.extend([f"(phrases) {label}", *row] for label, row in counts.items())
     return _markdown_table(["Model", *AR_SUBSET_TITLES], body)
 
 
@@ -201,7 +207,9 @@ def mask_intersection_union(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch
     if pred.dtype != torch.bool or gt.dtype != torch.bool:
         raise TypeError(f"masks must be bool tensors (binarise probabilities first), got {pred.dtype} and {gt.dtype}")
     if pred.shape != gt.shape or pred.ndim < 2:
-        raise ValueError(f"pred and gt must have the same shape (..., H, W), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+        raise ValueError(
+            f"pred and gt must have the same shape (..., H, W), got {tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
     intersection = (pred & gt).sum(dim=(-2, -1))
     union = (pred | gt).sum(dim=(-2, -1))
     return intersection, union
@@ -210,7 +218,9 @@ def mask_intersection_union(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch
 def _iou_from_counts(intersection: Any, union: Any) -> Any:
     """IoU = intersection / union, with IoU 1 where the union is empty (both masks empty). Torch or numpy."""
     if isinstance(union, torch.Tensor):
-        return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
+        # float64 like the reference's numpy division: float32 rounding could move an IoU across a 1e-5 AR threshold.
+        ratio = intersection.double() / union.clamp(min=1).double()
+        return torch.where(union > 0, ratio, torch.ones_like(ratio))
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
 
 
@@ -223,7 +233,7 @@ def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         gt (`torch.BoolTensor` of the same shape): ground-truth masks.
 
     Returns:
-        `torch.FloatTensor` of shape `(P,)` (the leading dimensions): IoU in [0, 1] per mask.
+        `torch.DoubleTensor` of shape `(P,)` (the leading dimensions): IoU in [0, 1] per mask (float64).
     """
     intersection, union = mask_intersection_union(pred, gt)
     return _iou_from_counts(intersection, union)
@@ -285,8 +295,8 @@ class _KeyedResults:
         return self
 
     def _sorted_items(self) -> list[tuple[tuple, tuple]]:
-        # str() makes image ids of any type comparable; the order only needs to be deterministic.
-        return sorted(self._results.items(), key=lambda item: tuple(str(part) for part in item[0]))
+        # Numbers sort numerically and before strings, so image ids of either type (or both) give one fixed order.
+        return sorted(self._results.items(), key=lambda item: tuple((isinstance(part, str), part) for part in item[0]))
 
 
 class PhraseIouAccumulator(_KeyedResults):
@@ -334,8 +344,14 @@ class PhraseIouAccumulator(_KeyedResults):
             phrase_indices: index of the phrase within its narrative.
         """
         ious = _check_ious(ious).tolist()
-        columns = [ious, _to_list(is_thing), _to_list(is_plural), _to_list(image_ids), _to_list(narrative_indices),
-                   _to_list(phrase_indices)]
+        columns = [
+            ious,
+            _to_list(is_thing),
+            _to_list(is_plural),
+            _to_list(image_ids),
+            _to_list(narrative_indices),
+            _to_list(phrase_indices),
+        ]
         if len({len(column) for column in columns}) != 1:
             raise ValueError(f"all arguments need one entry per phrase, got lengths {[len(c) for c in columns]}")
         iou, thing, plural, image_id, narrative, phrase = columns
@@ -343,27 +359,22 @@ class PhraseIouAccumulator(_KeyedResults):
         values = [(float(v), bool(t), bool(pl)) for v, t, pl in zip(iou, thing, plural)]
         self._add(keys, values)
 
-    def _column(self, position: int, dtype: Any) -> np.ndarray:
-        return np.array([value[position] for _, value in self._sorted_items()], dtype=dtype)
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        The recorded phrases in key order.
 
-    @property
-    def ious(self) -> np.ndarray:
-        """`np.ndarray` of shape `(N,)`, float64: IoU of every recorded phrase, in key order."""
-        return self._column(0, np.float64)
-
-    @property
-    def is_thing(self) -> np.ndarray:
-        """`np.ndarray` of shape `(N,)`, bool, in key order."""
-        return self._column(1, bool)
-
-    @property
-    def is_plural(self) -> np.ndarray:
-        """`np.ndarray` of shape `(N,)`, bool, in key order."""
-        return self._column(2, bool)
+        Returns:
+            `tuple` of three `np.ndarray` of shape `(N,)`: IoUs (float64), is_thing (bool), is_plural (bool).
+        """
+        values = [value for _, value in self._sorted_items()]
+        ious = np.array([value[0] for value in values], dtype=np.float64)
+        is_thing = np.array([value[1] for value in values], dtype=bool)
+        is_plural = np.array([value[2] for value in values], dtype=bool)
+        return ious, is_thing, is_plural
 
     def table(self) -> dict[str, float | int]:
         """The [`average_recall_table`] of the recorded phrases (percent + counts)."""
-        return average_recall_table(self.ious, self.is_thing, self.is_plural)
+        return average_recall_table(*self.arrays())
 
     def write_csv(self, path: str | Path) -> Path:
         """Write one row per phrase (columns `CSV_COLUMNS`, sorted by key); parent folders are created."""
@@ -385,7 +396,8 @@ class PhraseIouAccumulator(_KeyedResults):
         """
         from matplotlib.figure import Figure
 
-        ious, selectors = self.ious, _subset_selectors(self.is_thing, self.is_plural)
+        ious, is_thing, is_plural = self.arrays()
+        selectors = _subset_selectors(is_thing, is_plural)
         if ious.size == 0:
             raise ValueError("no phrases recorded: nothing to plot")
         thresholds = np.linspace(0.0, 1.0, 501)
@@ -395,7 +407,9 @@ class PhraseIouAccumulator(_KeyedResults):
             selected = ious[selectors[name]]
             if selected.size:
                 label = f"{title_name}: AR {100 * average_recall(selected):.1f} (n={selected.size})"
-                axes.plot(thresholds, recall_curve(selected, thresholds), label=label)
+                # "All" is drawn thick and black so that the subset curves lying on it do not hide it.
+                style = {"color": "black", "linewidth": 2.2, "zorder": 3} if name == "all" else {"linewidth": 1.2}
+                axes.plot(thresholds, recall_curve(selected, thresholds), label=label, **style)
         axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="IoU threshold", ylabel="Recall", title=title or "Recall vs. IoU")
         axes.grid(alpha=0.3)
         axes.legend(loc="lower left")

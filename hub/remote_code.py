@@ -1,0 +1,159 @@
+"""Make a saved EPNG folder loadable without this package, through transformers' remote code.
+
+```python
+from hub.remote_code import add_remote_code
+
+add_remote_code("epng-png")  # a folder written by save_pretrained, the checkpoint converter or the Trainer
+```
+
+```bash
+python -m hub.remote_code epng-png
+```
+
+A user who has only `transformers` (and its usual companions: torch, numpy, Pillow) then loads it with
+
+```python
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("user/epng-png", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("user/epng-png", trust_remote_code=True)
+```
+
+What [`add_remote_code`] does:
+
+- copies the files that define `EpngConfig`, `EpngForPanopticNarrativeGrounding`, `EpngProcessor` and
+  `EpngImageProcessor` (`configuration_epng.py`, `modeling_epng.py`, `processing_epng.py`, `image_processing_epng.py`)
+  and, recursively, every file they import relatively (`attention.py`, `losses.py`): transformers' loader copies
+  exactly that closure into its `transformers_modules` cache. The files are copied from the installed package at save
+  time, so the package stays their only source.
+- writes `auto_map` into `config.json` (`AutoConfig`, `AutoModel`), into `processor_config.json` (`AutoProcessor`,
+  and `AutoImageProcessor` in its nested `image_processor` entry, which is where transformers 5 stores the image
+  processor) and into a legacy `preprocessor_config.json` if there is one. The processor code is only added when the
+  folder holds a processor. The tokenizer is a standard BERT tokenizer and needs no code.
+
+Only the inference path travels: dataset readers, collation, metrics and training stay in the package. The copied
+files must not import this project's packages by absolute name (the loader would ask the user to `pip install`
+them); [`collect_code_files`] refuses such files, and files of the same name from different packages.
+
+The same result could come from `register_for_auto_class()` on each class before `save_pretrained`, but that sets
+class-wide state for the whole process and only applies to folders saved afterwards; this works on any saved folder.
+`trust_remote_code=True` runs the folder's Python code: users should pin a `revision` when loading from the Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+
+from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+
+# Top-level packages of this project: a copied file importing one of them would not load without the package.
+PROJECT_PACKAGES = ("modeling_epng", "processing", "training", "hub")
+CONFIG_FILE = "config.json"
+PROCESSOR_FILE = "processor_config.json"
+LEGACY_PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def class_reference(cls: type) -> str:
+    """`module_file_stem.ClassName`, the form `auto_map` uses for a class defined in a file of the folder."""
+    return f"{Path(sys.modules[cls.__module__].__file__).stem}.{cls.__name__}"
+
+
+def collect_code_files(classes: Iterable[type]) -> list[Path]:
+    """
+    The source files defining `classes` and, recursively, the files they import relatively.
+
+    Raises:
+        `ValueError`: a file imports one of this project's packages by absolute name, or two files share a name
+        (the folder is flat, like the loader's cache).
+    """
+    files: dict[str, Path] = {}
+    for cls in classes:
+        defining_file = Path(sys.modules[cls.__module__].__file__)
+        for file in [defining_file, *map(Path, get_relative_import_files(defining_file))]:
+            if files.setdefault(file.name, file) != file:
+                raise ValueError(f"Two code files are both named {file.name}: {files[file.name]} and {file}")
+    for file in files.values():
+        project_imports = sorted(set(get_imports(file)) & set(PROJECT_PACKAGES))
+        if project_imports:
+            raise ValueError(
+                f"{file} imports {', '.join(project_imports)} by absolute name, so it cannot load as remote code "
+                "without this package; use a relative import within the package"
+            )
+    return list(files.values())
+
+
+def _add_auto_map(json_file: Path, entries: dict[str, str], image_processor_entries: dict[str, str] | None = None):
+    """Add `entries` to the `auto_map` of `json_file`, and `image_processor_entries` to that of its nested
+    `image_processor` object (transformers 5 nests the image processor's config in `processor_config.json`)."""
+    content = json.loads(json_file.read_text(encoding="utf-8"))
+    content.setdefault("auto_map", {}).update(entries)
+    if image_processor_entries and isinstance(content.get("image_processor"), dict):
+        content["image_processor"].setdefault("auto_map", {}).update(image_processor_entries)
+    json_file.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def add_remote_code(folder: str | os.PathLike) -> list[Path]:
+    """
+    Copy the EPNG code into a saved model folder and point its configs' `auto_map` at it, so that
+    `AutoModel/AutoConfig/AutoProcessor/AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)` work
+    without this package. Running it again refreshes the code files.
+
+    Args:
+        folder (`str` or `os.PathLike`): a folder with `config.json` (`model_type: "epng"`), and optionally the
+            processor files.
+
+    Returns:
+        `list[Path]`: the code files written into `folder`.
+    """
+    folder = Path(folder)
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: save the model there first")
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    if model_type != EpngConfig.model_type:
+        raise ValueError(f"{config_file} has model_type {model_type!r}, not {EpngConfig.model_type!r}")
+
+    classes: list[type] = [EpngConfig, EpngForPanopticNarrativeGrounding]
+    processor_files = [
+        folder / name for name in (PROCESSOR_FILE, LEGACY_PREPROCESSOR_FILE) if (folder / name).is_file()
+    ]
+    if processor_files:
+        classes += [EpngProcessor, EpngImageProcessor]
+    code_files = collect_code_files(classes)
+    written = [Path(shutil.copyfile(file, folder / file.name)) for file in code_files]
+
+    _add_auto_map(
+        config_file,
+        {"AutoConfig": class_reference(EpngConfig), "AutoModel": class_reference(EpngForPanopticNarrativeGrounding)},
+    )
+    processor_entry = {"AutoProcessor": class_reference(EpngProcessor)}
+    image_processor_entry = {"AutoImageProcessor": class_reference(EpngImageProcessor)}
+    if (folder / PROCESSOR_FILE).is_file():
+        _add_auto_map(folder / PROCESSOR_FILE, processor_entry, image_processor_entry)
+    if (folder / LEGACY_PREPROCESSOR_FILE).is_file():
+        _add_auto_map(folder / LEGACY_PREPROCESSOR_FILE, {**processor_entry, **image_processor_entry})
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m hub.remote_code",
+        description="Add the EPNG code and auto_map to a saved folder, so it loads with trust_remote_code=True "
+        "without the epng package.",
+    )
+    parser.add_argument("folder", help="Folder written by save_pretrained (config.json, weights, processor files).")
+    args = parser.parse_args(argv)
+    for file in add_remote_code(args.folder):
+        print(f"wrote {file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""EpngProcessor: phrase spans → phrase_ids, batching, truncation, targets, post-processing, Auto + save/load."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from processing.image_processing_epng import EpngImageProcessor
+from processing.processing_epng import EpngProcessor, resolve_phrase_spans
+
+TRICKY_TEXT = "Sunbathers at a café,  don't   mind the unbelievably tall skyscrapers!"
+
+
+@pytest.fixture
+def processor(tokenizer):
+    return EpngProcessor(EpngImageProcessor(size={"height": 64, "width": 96}), tokenizer)
+
+
+def tokens_with_phrase_ids(processor, inputs, index=0):
+    length = int(inputs["attention_mask"][index].sum())
+    tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][index][:length].tolist())
+    return list(zip(tokens, inputs["phrase_ids"][index][:length].tolist()))
+
+
+def test_phrase_ids_on_tricky_text(processor):
+    phrases = ["Sunbathers", "a café", "don't", "the unbelievably tall skyscrapers!"]
+    inputs = processor(text=TRICKY_TEXT, phrases=phrases)
+    assert tokens_with_phrase_ids(processor, inputs) == [
+        ("[CLS]", -1),
+        ("sun", 0), ("##bat", 0), ("##hers", 0),
+        ("at", -1),
+        ("a", 1), ("cafe", 1),
+        (",", -1),
+        ("don", 2), ("'", 2), ("t", 2),
+        ("mind", -1),
+        ("the", 3), ("un", 3), ("##bel", 3), ("##ie", 3), ("##va", 3), ("##bly", 3), ("tall", 3),
+        ("skyscraper", 3), ("##s", 3), ("!", 3),
+        ("[SEP]", -1),
+    ]  # fmt: skip
+    assert inputs["phrase_ids"].dtype == torch.long
+    assert inputs["phrase_mask"].dtype == torch.bool and inputs["phrase_mask"].tolist() == [[True] * 4]
+    assert "token_type_ids" not in inputs
+
+
+def test_character_spans_and_partial_word_overlap(processor):
+    # (1, 2) lies inside "Sunbathers": the token "sun" overlaps it; "skyscraper" without its "s".
+    start = TRICKY_TEXT.index("skyscrapers")
+    inputs = processor(text=TRICKY_TEXT, phrases=[(1, 2), (start, start + len("skyscraper"))])
+    pairs = tokens_with_phrase_ids(processor, inputs)
+    assert [pair for pair in pairs if pair[1] >= 0] == [("sun", 0), ("skyscraper", 1)]
+
+
+def test_string_phrases_match_in_order_of_appearance():
+    text = "the dog and the dog and a cat"
+    assert resolve_phrase_spans(text, ["the dog", "the dog", "a cat"]) == [(0, 7), (12, 19), (24, 29)]
+    assert resolve_phrase_spans(text, ["dog", (12, 15), "dog"]) == [(4, 7), (12, 15), (16, 19)]
+    with pytest.raises(ValueError, match="'the dog' not found"):
+        resolve_phrase_spans(text, ["the dog", "the dog", "the dog"])
+
+
+@pytest.mark.parametrize(
+    "phrases, message",
+    [
+        ([(0, 5), (3, 8)], r"Spans \(0, 5\) and \(3, 8\) of narrative 1 \('a red car"),
+        ([(10, 100)], r"Span \(10, 100\) is outside narrative 1"),
+        ([(-1, 3)], r"outside narrative 1"),
+        ([(4, 4)], r"Span \(4, 4\) of narrative 1 .* is empty"),
+        ([(5, 6)], r"Span \(5, 6\) of narrative 1 .* covers only whitespace"),
+        (["blue"], r"'blue' not found in narrative 1"),
+        ([(1, 2, 3)], r"must be a \(char_start, char_end\) pair"),
+    ],
+)
+def test_bad_spans_raise_naming_narrative_and_span(processor, phrases, message):
+    texts = ["fine text", "a red car  on a long road"]
+    with pytest.raises(ValueError, match=message):
+        processor(text=texts, phrases=[[(0, 4)], phrases])
+
+
+def test_span_of_characters_the_tokenizer_drops_raises(processor):
+    text = "a dog \u200b\u200b and a cat"  # zero-width spaces are not whitespace but give no token
+    with pytest.raises(ValueError, match=r"Span \(6, 8\) .* of narrative 0 .* covers no token"):
+        processor(text=text, phrases=[(6, 8)])
+
+
+def test_batch_pads_phrases_and_tokens(processor):
+    texts = ["a dog", "a cat sits on a very soft mat"]
+    inputs = processor(text=texts, phrases=[["dog"], ["cat", "a very", "soft mat"]])
+    assert inputs["input_ids"].shape == inputs["phrase_ids"].shape == inputs["attention_mask"].shape
+    assert inputs["phrase_mask"].tolist() == [[True, False, False], [True, True, True]]
+    padding = inputs["attention_mask"] == 0
+    assert padding[0].any() and (inputs["phrase_ids"][padding] == -1).all()
+    assert sorted(set(inputs["phrase_ids"][1].tolist())) == [-1, 0, 1, 2]
+
+
+def test_truncation_drops_phrase_with_warning(processor):
+    text = "a dog " * 20 + "and finally a tiny red kite"
+    start = text.index("a tiny")
+    with pytest.warns(UserWarning, match=r"Phrase 1 'tiny red kite' of narrative 0 .* truncation"):
+        inputs = processor(text=text, phrases=[(0, 5), (start + 2, len(text))], max_length=16)
+    assert inputs["input_ids"].shape[1] == 16
+    assert inputs["phrase_mask"].tolist() == [[True, False]]
+    assert (inputs["phrase_ids"] != 1).all()
+
+
+def test_partially_truncated_phrase_is_kept(processor):
+    text = "one two three four five six seven"
+    inputs = processor(text=text, phrases=[(text.index("four"), len(text))], max_length=6)
+    assert inputs["phrase_mask"].tolist() == [[True]]
+    # [CLS] one two three four [SEP]: only "four" of the phrase survives.
+    assert (inputs["phrase_ids"][0] == 0).tolist() == [False, False, False, False, True, False]
+
+
+def test_text_only_and_image_only_calls(processor):
+    text_only = processor(text="a dog", phrases=["dog"])
+    assert "pixel_values" not in text_only and {"input_ids", "phrase_ids", "phrase_mask"} <= set(text_only)
+    image_only = processor(images=Image.new("RGB", (50, 30)))
+    assert set(image_only) == {"pixel_values"} and image_only["pixel_values"].shape == (1, 3, 64, 96)
+    with pytest.raises(ValueError, match="Give `images`, `text` or both"):
+        processor()
+    with pytest.raises(ValueError, match="need the narratives"):
+        processor(images=Image.new("RGB", (50, 30)), phrases=[(0, 1)])
+
+
+def test_targets_are_padded_to_the_largest_phrase_count(processor):
+    id_map = np.zeros((20, 30, 3), np.uint8)
+    id_map[:, :15, 0] = 5  # segment 5 on the left half, 0 elsewhere
+    images = [Image.new("RGB", (30, 20)), Image.new("RGB", (30, 20))]
+    inputs = processor(
+        images=images,
+        text=["a dog", "a cat and a mat"],
+        phrases=[["dog"], ["cat", "mat"]],
+        panoptic_maps=[Image.fromarray(id_map)] * 2,
+        phrase_segment_ids=[[[5]], [[5], [0]]],
+    )
+    mask_labels = inputs["mask_labels"]
+    assert mask_labels.shape == (2, 2, 64, 96)
+    assert mask_labels[0, 0, :, :48].all() and not mask_labels[0, 0, :, 48:].any()
+    assert not mask_labels[0, 1].any()  # padding slot
+    assert mask_labels[1, 1, :, 48:].all()
+    with pytest.raises(ValueError, match="Narrative 1 has 2 phrases but 1 segment id lists"):
+        processor(images=images, text=["a dog", "a cat and a mat"], phrases=[["dog"], ["cat", "mat"]],
+                  panoptic_maps=[Image.fromarray(id_map)] * 2, phrase_segment_ids=[[[5]], [[5]]])  # fmt: skip
+
+
+def test_images_and_texts_must_pair_up(processor):
+    with pytest.raises(ValueError, match="2 images for 1 narratives"):
+        processor(images=[Image.new("RGB", (8, 8))] * 2, text=["a dog"], phrases=[["dog"]])
+
+
+def test_return_tensors_np(processor):
+    inputs = processor(images=Image.new("RGB", (8, 8)), text="a dog", phrases=["dog"], return_tensors="np")
+    assert isinstance(inputs["phrase_ids"], np.ndarray) and isinstance(inputs["pixel_values"], np.ndarray)
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(text="a dog", return_tensors="tf")
+
+
+def test_slow_tokenizer_is_rejected():
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        EpngProcessor(EpngImageProcessor(), types.SimpleNamespace(is_fast=False))
+
+
+def test_post_processing_restores_non_square_original_size(processor):
+    logits = torch.full((2, 3, 8, 8), -10.0)
+    logits[0, 0] = 10.0  # whole image
+    logits[0, 2, :, :4] = 10.0  # left half
+    logits[1, 1, 2:6, 2:6] = 10.0  # centre block; phrase 0 of image 1 stays empty
+    phrase_mask = torch.tensor([[True, False, True], [True, True, False]])
+    target_sizes = [(37, 53), (20, 20)]
+    results = processor.post_process_grounding(types.SimpleNamespace(mask_logits=logits), target_sizes, phrase_mask)
+
+    first, second = results
+    assert first["masks"].shape == (2, 37, 53) and first["masks"].dtype == torch.bool
+    assert first["masks"][0].all()
+    assert first["masks"][1][:, :26].all() and not first["masks"][1][:, 27:].any()
+    torch.testing.assert_close(first["scores"][0], torch.sigmoid(torch.tensor(10.0)))
+    assert second["masks"].shape == (2, 20, 20)
+    assert not second["masks"][0].any() and second["scores"][0] == 0
+    assert second["masks"][1][6:14, 6:14].all() and not second["masks"][1][:3].any()
+
+    as_tensor_sizes = processor.post_process_grounding({"mask_logits": logits}, torch.tensor(target_sizes), phrase_mask)
+    assert torch.equal(as_tensor_sizes[0]["masks"], first["masks"])
+    all_phrases = processor.post_process_grounding(logits, target_sizes)
+    assert all_phrases[0]["masks"].shape == (3, 37, 53)
+
+
+def test_post_processing_threshold_and_shape_errors(processor):
+    logits = torch.zeros(1, 1, 4, 4)  # probability exactly 0.5
+    assert processor.post_process_grounding(logits, [(4, 4)])[0]["masks"].all()
+    assert not processor.post_process_grounding(logits, [(4, 4)], threshold=0.6)[0]["masks"].any()
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_grounding(logits, [(4, 4), (4, 4)])
+    with pytest.raises(ValueError, match="phrase_mask"):
+        processor.post_process_grounding(logits, [(4, 4)], phrase_mask=torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_auto_classes_and_save_load_round_trip(tmp_path, processor):
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    import modeling_epng  # noqa: F401  (registers the Auto classes)
+
+    processor.save_pretrained(tmp_path / "processor")
+    processor.image_processor.save_pretrained(tmp_path / "image_processor")
+    assert not (tmp_path / "processor" / "config.json").exists()
+
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "processor")
+    assert type(reloaded) is EpngProcessor
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "processor")) is EpngImageProcessor
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "image_processor")) is EpngImageProcessor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    call = dict(images=image, text=TRICKY_TEXT, phrases=["a café", "don't"])
+    expected, actual = processor(**call), reloaded(**call)
+    assert set(actual) == set(expected)
+    for key in expected:
+        assert torch.equal(actual[key], expected[key]), key
