@@ -9,7 +9,8 @@ The benchmark of González et al. (ICCV 2021) stores, for a split such as ``trai
 
 [`PngFormatReader`] turns these files into one example per narrative, following [`PNG_FEATURES`]. It streams:
 the narratives file is decoded one narrative at a time (it is never loaded whole), the panoptic json is kept as
-a compact per-image index, and image/PNG bytes are read for one example at a time.
+a compact per-image index, and image/PNG bytes are read for one example at a time. The panoptic PNG of an image
+is the ``file_name`` of its panoptic annotation (``<id:012d>.png`` when absent).
 
 Decisions that the rest of the project relies on:
 
@@ -37,9 +38,10 @@ import json
 import re
 from array import array
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import PIL.Image
 from datasets import Features, Image, List, Value
@@ -75,7 +77,11 @@ PNG_FEATURES = Features(
         ),
     }
 )
-"""Schema of one PNG example (one narrative). Both ``Image`` columns hold ``{"bytes": ..., "path": file name}``."""
+"""Schema of one PNG example (one narrative).
+
+Both ``Image`` columns hold ``{"bytes": file bytes, "path": bare file name}``; the bytes are what is stored (note that
+`Features.encode_example` keeps a path instead of the bytes if a file of that name exists in the working directory).
+"""
 
 SKIP_REASONS = {
     "no_grounded_phrase": "the narrative has no noun segment with segment ids (skipped, not an error)",
@@ -111,12 +117,8 @@ class PngFormatError(ValueError):
     reason = "malformed_json"
 
     def __init__(self, detail, *, path, reason=None, image_id=None, narrative_index=None, entry=None):
-        self.detail = detail
-        self.path = str(path)
-        self.reason = reason or self.reason
-        self.image_id = image_id
-        self.narrative_index = narrative_index
-        self.entry = entry
+        self.detail, self.path, self.reason = detail, str(path), reason or self.reason
+        self.image_id, self.narrative_index, self.entry = image_id, narrative_index, entry
         location = f"file {self.path}"
         if image_id is not None:
             location += f"; narrative {narrative_index} of image {image_id!r} (entry #{entry} of the narratives file)"
@@ -125,13 +127,7 @@ class PngFormatError(ValueError):
     def __reduce__(self):
         # Exceptions are pickled through `args` by default, which would lose the keyword-only location when a
         # conversion worker process sends the error back to the main process.
-        location = dict(
-            path=self.path,
-            reason=self.reason,
-            image_id=self.image_id,
-            narrative_index=self.narrative_index,
-            entry=self.entry,
-        )
+        location = {key: getattr(self, key) for key in ("path", "reason", "image_id", "narrative_index", "entry")}
         return _rebuild_error, (type(self), self.detail, location)
 
 
@@ -149,6 +145,15 @@ class InconsistentAnnotationError(PngFormatError):
 
 class UtteranceMismatchError(PngFormatError):
     """An utterance of the narrative cannot be located in its caption."""
+
+
+_ERROR_CLASSES = {
+    **dict.fromkeys(("missing_image", "missing_panoptic_png"), MissingFileError),
+    **dict.fromkeys(("corrupt_image", "corrupt_panoptic_png"), CorruptFileError),
+    **dict.fromkeys(("malformed_narrative", "missing_panoptic_annotation"), InconsistentAnnotationError),
+    **dict.fromkeys(("unknown_segment_id", "unknown_category", "size_mismatch"), InconsistentAnnotationError),
+    "utterance_mismatch": UtteranceMismatchError,
+}
 
 
 @dataclass
@@ -380,21 +385,22 @@ def locate_utterances(caption: str, utterances: list[str]) -> list[tuple[int, in
 
 
 def _read_verified_image(path: Path, kind: str, fail) -> tuple[bytes, tuple[int, int], str]:
-    """Reads an image file and checks it decodes, without keeping its pixels.
+    """Reads an image file and checks that it decodes, without keeping its pixels.
 
     Args:
         kind (`str`): ``"image"`` or ``"panoptic_png"`` (selects the skip reasons).
-        fail (`Callable`): builds the error to raise from `(error class, detail, path, reason)`.
+        fail (`Callable`): builds the error to raise from `(reason, detail, path)`.
 
     Returns:
         `(file bytes, (width, height), PIL mode)`.
     """
+    name = kind.replace("_", " ")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise fail(MissingFileError, f"{kind.replace('_', ' ')} not found", path, f"missing_{kind}") from None
+        raise fail(f"missing_{kind}", f"{name} not found", path) from None
     except OSError as error:
-        raise fail(CorruptFileError, f"cannot read {kind.replace('_', ' ')}: {error}", path, f"corrupt_{kind}")
+        raise fail(f"corrupt_{kind}", f"cannot read {name}: {error}", path) from None
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             size, mode, image_format = image.size, image.mode, image.format
@@ -406,7 +412,7 @@ def _read_verified_image(path: Path, kind: str, fail) -> tuple[bytes, tuple[int,
                 image.draft(mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
                 image.load()
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
-        raise fail(CorruptFileError, f"cannot decode {kind.replace('_', ' ')}: {error}", path, f"corrupt_{kind}")
+        raise fail(f"corrupt_{kind}", f"cannot decode {name}: {error}", path) from None
     return data, size, mode
 
 
@@ -489,7 +495,7 @@ class PngFormatReader:
             text = io.TextIOWrapper(raw, encoding="utf-8")
             narratives = _JsonStream(text, self.narratives_path).array_items(opened=True)
             # range first: zip stops before pulling a narrative past `stop` from the stream.
-            for entry, (_, narrative) in zip(range(start, stop), narratives):
+            for entry, (_, narrative) in zip(range(start, stop), narratives, strict=False):
                 narrative_index = locations.narrative_indices[entry]
                 try:
                     example = self.build_example(narrative, entry, narrative_index)
@@ -513,7 +519,7 @@ class PngFormatReader:
         Args:
             narrative: the decoded json entry ``{image_id, caption, segments}``.
             entry (`int`): its position in the narratives file; narrative_index (`int`): its index among the
-                narratives of its image. Both only name the narrative in error messages / the example.
+                narratives of its image.
 
         Returns:
             `dict` following [`PNG_FEATURES`], or `None` when the narrative has no grounded phrase.
@@ -523,14 +529,12 @@ class PngFormatReader:
         """
         image_id = str(narrative.get("image_id")) if isinstance(narrative, dict) else None
 
-        def fail(error_class, detail, path, reason):
-            return error_class(
-                detail, path=path, reason=reason, image_id=image_id, narrative_index=narrative_index, entry=entry
-            )
+        def fail(reason, detail, path):
+            location = dict(image_id=image_id, narrative_index=narrative_index, entry=entry)
+            return _ERROR_CLASSES[reason](detail, path=path, reason=reason, **location)
 
         try:
-            caption = narrative["caption"]
-            segments = narrative["segments"]
+            caption, segments = narrative["caption"], narrative["segments"]
             utterances = [segment["utterance"] for segment in segments]
             if not isinstance(caption, str) or not all(isinstance(u, str) for u in utterances):
                 raise TypeError("caption and utterances must be strings")
@@ -541,40 +545,29 @@ class PngFormatReader:
                 if segment.get("noun") and segment.get("segment_ids")
             ]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise fail(
-                InconsistentAnnotationError, f"malformed narrative: {error!r}", self.narratives_path, "malformed_narrative"
-            ) from None
+            raise fail("malformed_narrative", f"malformed narrative: {error!r}", self.narratives_path) from None
         record = self._images.get(image_key)
         if record is None or record.segments_json is None:
             missing = "image entry" if record is None else "annotation (segments_info)"
-            raise fail(
-                InconsistentAnnotationError,
-                f"image id {image_id} has no {missing}",
-                self.panoptic_json_path,
-                "missing_panoptic_annotation",
-            )
+            raise fail("missing_panoptic_annotation", f"image id {image_id} has no {missing}", self.panoptic_json_path)
         segments_info = self._segments_info(record, fail)
         is_thing_by_segment = {segment["id"]: segment["is_thing"] for segment in segments_info}
         try:
             spans = locate_utterances(caption, utterances)
         except LookupError as error:
-            raise fail(UtteranceMismatchError, str(error), self.narratives_path, "utterance_mismatch") from None
+            raise fail("utterance_mismatch", str(error), self.narratives_path) from None
 
         phrases = []
         for position, segment_ids, is_plural in grounded:
             unknown = [i for i in segment_ids if i not in is_thing_by_segment]
             if unknown:
-                raise fail(
-                    InconsistentAnnotationError,
+                detail = (
                     f"segment ids {unknown} of utterance {utterances[position]!r} are not in the segments_info of "
-                    f"image {image_id} in {self.panoptic_json_path.name}",
-                    self.narratives_path,
-                    "unknown_segment_id",
+                    f"image {image_id} in {self.panoptic_json_path.name}"
                 )
+                raise fail("unknown_segment_id", detail, self.narratives_path)
             if spans[position] is None:
-                raise fail(
-                    UtteranceMismatchError, "a grounded utterance is empty", self.narratives_path, "utterance_mismatch"
-                )
+                raise fail("utterance_mismatch", "a grounded utterance is empty", self.narratives_path)
             start, end = spans[position]
             phrases.append(
                 {
@@ -595,20 +588,13 @@ class PngFormatReader:
         image_bytes, image_size, _ = _read_verified_image(image_path, "image", fail)
         panoptic_bytes, panoptic_size, panoptic_mode = _read_verified_image(panoptic_path, "panoptic_png", fail)
         if panoptic_mode != "RGB":
-            raise fail(
-                CorruptFileError,
-                f"panoptic PNG has mode {panoptic_mode}, expected RGB",
-                panoptic_path,
-                "corrupt_panoptic_png",
-            )
+            raise fail("corrupt_panoptic_png", f"panoptic PNG has mode {panoptic_mode}, expected RGB", panoptic_path)
         if image_size != panoptic_size or image_size != (record.width, record.height):
-            raise fail(
-                InconsistentAnnotationError,
-                f"sizes differ: image {image_size}, panoptic PNG {panoptic_size}, "
-                f"panoptic json {(record.width, record.height)} (width, height)",
-                image_path,
-                "size_mismatch",
+            detail = (
+                f"sizes (width, height) differ: image {image_size}, panoptic PNG {panoptic_size}, "
+                f"panoptic json {(record.width, record.height)}"
             )
+            raise fail("size_mismatch", detail, image_path)
         return {
             "image": {"bytes": image_bytes, "path": record.file_name},
             "image_id": image_id,
@@ -625,12 +611,8 @@ class PngFormatReader:
         segments_info = []
         for segment_id, category_id, iscrowd, area, bbox in json.loads(record.segments_json):
             if category_id not in self._category_is_thing:
-                raise fail(
-                    InconsistentAnnotationError,
-                    f"category id {category_id} of segment {segment_id} is not in the categories",
-                    self.panoptic_json_path,
-                    "unknown_category",
-                )
+                detail = f"category id {category_id} of segment {segment_id} is not in the categories"
+                raise fail("unknown_category", detail, self.panoptic_json_path)
             segments_info.append(
                 {
                     "id": segment_id,
@@ -642,8 +624,3 @@ class PngFormatReader:
                 }
             )
         return segments_info
-
-
-def iter_png_examples(root, split: str, *, strict: bool = False, report: SkipReport | None = None) -> Iterator[dict]:
-    """Convenience generator over all examples of a split; see [`PngFormatReader.iter_examples`]."""
-    yield from PngFormatReader(root, split).iter_examples(strict=strict, report=report)

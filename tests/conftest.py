@@ -31,3 +31,25 @@ def tokenizer(minilm_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset_dir(tmp_path_factory):
+    """A converted synthetic PNG dataset (12 train, 5 validation narratives), shared by the training tests."""
+    from processing.png_dataset import convert
+    from processing.synthetic import generate
+
+    base = tmp_path_factory.mktemp("png")
+    generate(base / "raw", num_train=12, num_val=5, seed=1)
+    convert(base / "raw", base / "dataset", progress=False)
+    return base / "dataset"
+
+
+@pytest.fixture(scope="session")
+def tiny_config_dir(tmp_path_factory):
+    """An EpngConfig folder for a tiny model (dropout off, so runs on different process counts can match)."""
+    from modeling_epng import EpngConfig
+
+    folder = tmp_path_factory.mktemp("tiny_config")
+    EpngConfig(**tiny_config_kwargs(dropout=0.0)).save_pretrained(folder)
+    return folder
