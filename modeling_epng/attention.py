@@ -13,6 +13,7 @@ the cached (heads, N, N) prior, softmax, and a second matmul. The `"flex"` path 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,6 +65,14 @@ def sine_position_embedding(height: int, width: int, channels: int, device=None,
     return grid.reshape(height * width, channels)
 
 
+@functools.cache
+def compiled_flex_attention():
+    """`flex_attention` compiled once. Called eagerly it is an unfused reference path that materialises the scores."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
 class EpngMultiHeadProjections(nn.Module):
     """Query/key/value/output projections shared by both attention kinds (d_k = d_v = hidden_size / heads)."""
 
@@ -105,7 +114,11 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
         """The (N, N) distance prior D, computed once per grid size and device and cached."""
         key = (height, width, str(device))
         if key not in self._distance_cache:
-            self._distance_cache[key] = lpa_distance_matrix(height, width, self.distance_form, self.truncation, device)
+            # A normal tensor even when first asked for under inference_mode: an inference tensor in the cache could
+            # not be saved for the backward of a later training step.
+            with torch.inference_mode(False):
+                distances = lpa_distance_matrix(height, width, self.distance_form, self.truncation, device)
+            self._distance_cache[key] = distances
         return self._distance_cache[key]
 
     def forward(
@@ -139,10 +152,14 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
             and (hidden_states.device.type != "cpu" or not torch.is_grad_enabled())
         )
         if output_attentions or (self.use_distance_prior and not use_flex):
-            logits = torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            # 1/sqrt(d_k) is folded into the (heads, N, N) prior, whose size does not grow with the batch, so the
+            # (B, heads, N, N) logits take one pass for scale and prior, in place when no autograd graph needs them.
+            scale = 1.0 / math.sqrt(self.head_dim)
+            logits = torch.matmul(queries, keys.transpose(-1, -2))
             if self.use_distance_prior:
-                distances = self.distance_matrix(*grid_size, hidden_states.device).to(logits.dtype)
-                logits = logits * (self.distance_weights.to(logits.dtype)[:, None, None] * distances)
+                distances = self.distance_matrix(*grid_size, hidden_states.device)
+                scale = ((self.distance_weights * scale)[:, None, None] * distances).to(logits.dtype)
+            logits = logits.mul_(scale) if not torch.is_grad_enabled() else logits * scale
             probabilities = logits.softmax(dim=-1)
             attended = torch.matmul(F.dropout(probabilities, dropout, self.training), values)
             return self.merge_heads(attended), probabilities if output_attentions else None
@@ -169,6 +186,11 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
             distance = squared.clamp(max=truncation) if squared_form else squared.sqrt().clamp(max=truncation)
             return score * weights[head].to(score.dtype) * distance
 
+        # Inductor's CPU flex template (torch 2.13) cannot lower the strided per-head views: give it contiguous ones.
+        queries, keys, values = queries.contiguous(), keys.contiguous(), values.contiguous()
+        if queries.device.type == "cuda" and not torch.compiler.is_compiling():
+            # Eager flex_attention would run the unfused reference path; inside a compiled model dynamo traces it.
+            return compiled_flex_attention()(queries, keys, values, score_mod=locality_prior)
         return flex_attention(queries, keys, values, score_mod=locality_prior)
 
 

@@ -269,7 +269,8 @@ class EpngCommunicator(nn.Module):
     def position_embeddings(self, height: int, width: int, channels: int, device) -> torch.Tensor:
         key = (height, width, channels, str(device))
         if key not in self._position_cache:
-            self._position_cache[key] = sine_position_embedding(height, width, channels, device)
+            with torch.inference_mode(False):  # a normal tensor: see EpngLocalityPerceptiveAttention.distance_matrix
+                self._position_cache[key] = sine_position_embedding(height, width, channels, device)
         return self._position_cache[key]
 
     def forward(

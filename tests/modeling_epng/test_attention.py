@@ -98,3 +98,14 @@ def test_sine_position_embedding_differs_per_position():
     embedding = sine_position_embedding(3, 5, 48)
     assert embedding.shape == (15, 48)
     assert torch.unique(embedding, dim=0).shape[0] == 15
+
+
+def test_prior_cached_under_inference_mode_still_trains():
+    config = EpngConfig(**tiny_config_kwargs(self_attention_type="lpa"))
+    attention = EpngLocalityPerceptiveAttention(config)
+    tokens = torch.randn(1, 12, config.hidden_size)
+    with torch.inference_mode():
+        attention(tokens, (3, 4))
+    output, _ = attention(tokens.requires_grad_(), (3, 4))
+    output.sum().backward()
+    assert attention.distance_weights.grad is not None

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from training.evaluate_png import main as evaluate_png_main
 from training.run_png import main, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,8 +39,8 @@ def test_parse_overrides():
         parse_overrides("sal_weight")
 
 
-def test_short_run_lowers_the_loss_and_writes_the_evaluation(synthetic_dataset_dir, tiny_config_dir, minilm_path,
-                                                             tmp_path):
+def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path,
+                                                 capsys):
     base = run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "before", "--do_eval",
                     "--eval_split", "train")
     before = main(base)
@@ -56,6 +57,14 @@ def test_short_run_lowers_the_loss_and_writes_the_evaluation(synthetic_dataset_d
     assert (output / "eval_recall_iou.png").read_bytes()[:4] == b"\x89PNG"
     assert (output / "model.safetensors").exists() and (output / "processor_config.json").exists()
     assert json.loads((output / "training_args.json").read_text())["dataset_name"] == str(synthetic_dataset_dir)
+
+    table = evaluate_png_main(["--model", str(output), "--dataset", str(synthetic_dataset_dir), "--split", "train",
+                               "--batch_size", "3", "--output_dir", str(tmp_path / "evaluation")])
+    assert table["num_all"] == after["eval_num_phrases"]
+    assert table["all"] == pytest.approx(after["eval_ar_all"])
+    assert (tmp_path / "evaluation" / "train_phrase_ious.csv").exists()
+    printed = capsys.readouterr().out
+    assert "Thing" in printed and "Plural" in printed and f"{table['all']:.1f}" in printed
 
 
 def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, tiny_config_dir, minilm_path,

@@ -1,0 +1,115 @@
+"""Smoke tests of `python -m training.benchmark` on the tiny config (no timing thresholds: the CI machine is shared)."""
+
+import json
+
+import pytest
+import torch
+
+from training import benchmark
+from training.benchmark_timing import COMPARISONS, latency_ratios
+
+# Eager flex_attention on CPU is the unfused reference path, and says so; that is what the flex variants measure here.
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+# One torch thread: on a loaded 2-core machine, two OpenMP threads wait on each other for whole scheduler slices.
+TINY_RUN = ["--tiny", "--device", "cpu", "--threads", "1", "--batch_sizes", "1", "--iterations", "1", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One tiny run of every section: both LPA paths, both dtypes, with the text encoder, training, processor,
+    breakdown and profile; returns the JSON file it wrote, read back."""
+    path = tmp_path_factory.mktemp("benchmark") / "report.json"
+    extra = ["--lpa", "explicit", "flex", "--dtypes", "fp32", "bf16", "--with_text_encoder", "--training"]
+    extra += ["--processor", "--processor_samples", "2", "--breakdown", "--profile", "--json", str(path)]
+    threads = torch.get_num_threads()
+    try:
+        benchmark.main(TINY_RUN + extra)
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(path.read_text())
+
+
+def test_report_describes_the_run(report):
+    for key in ("device", "torch_version", "config", "parameters", "memory_method", "timing_method", "settings"):
+        assert report[key]
+    assert report["device_type"] == "cpu"
+    assert report["config"]["hidden_size"] == benchmark.TINY_CONFIG["hidden_size"]
+    assert report["parameters"]["total"] > 0
+
+
+def test_every_combination_is_measured_or_explained(report):
+    sections = {m["section"] for m in report["measurements"]}
+    assert sections == {"inference", "lpa", "training"}
+    # inference: 2 dtypes x 2 LPA x 2 text options; lpa: 2 x 2; training: 2 x 2 x 2.
+    assert len(report["measurements"]) == 8 + 4 + 8
+    for m in report["measurements"]:
+        if m["status"] == "ok":
+            assert m["latency_ms"] > 0 and m["images_per_s"] > 0 and m["peak_memory_mb"] > 0
+            assert m["peak_memory_increase_mb"] >= 0 and len(m["latencies_ms"]) == 1
+        else:
+            assert m["status"] == "skipped" and m["reason"], m
+    skipped = [m for m in report["measurements"] if m["status"] != "ok"]
+    # flex_attention has no CPU backward: exactly the flex training variants are skipped, with that reason.
+    assert {(m["section"], m["lpa"]) for m in skipped} == {("training", "flex")}
+    assert len(skipped) == 4 and all("backward" in m["reason"] for m in skipped)
+
+
+def test_ratios_pair_measurements_of_the_same_run(report):
+    comparisons = {ratio["comparison"] for ratio in report["ratios"]}
+    assert comparisons == {f"{field}: {top}/{bottom}" for field, top, bottom in COMPARISONS if field != "compiled"}
+    assert all(ratio["latency_ratio"] > 0 for ratio in report["ratios"])
+    flex_over_explicit = [r for r in report["ratios"] if r["comparison"] == "lpa: flex/explicit"]
+    assert {r["section"] for r in flex_over_explicit} == {"inference", "lpa"}
+
+
+def test_breakdown_profile_and_processor(report):
+    for breakdown in report["breakdown"]:
+        parts = breakdown["parts_ms"]
+        assert set(parts) == {"backbone", "fpn_fusion", "text_encoder", "communicator", "head_and_rest", "total"}
+        assert parts["total"] > 0 and parts["backbone"] > 0 and parts["communicator"] > 0
+    assert [b["lpa"] for b in report["breakdown"]] == ["explicit", "flex"]
+    operators = report["profile"]["operators"]
+    assert 0 < len(operators) <= 10 and all(op["self_time_ms"] >= 0 and op["calls"] > 0 for op in operators)
+    processor = report["processor"]
+    if processor["status"] == "ok":
+        assert processor["samples_per_s_per_worker"] > 0 and processor["tokens"] > 0
+    else:  # the processor or the offline tokenizer is not installed: a clear skip, not a crash
+        assert processor["status"] == "skipped" and processor["reason"]
+
+
+def test_unsupported_combinations_have_reasons(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert "backward" in benchmark.unsupported_reason(cpu, "fp32", "flex", training=True)
+    assert benchmark.unsupported_reason(cpu, "bf16", "flex", training=False) is None
+    assert benchmark.unsupported_reason(cpu, "fp32", "explicit", training=True) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert "bf16" in benchmark.unsupported_reason(cuda, "bf16", "explicit", training=False)
+    assert benchmark.unsupported_reason(cuda, "fp32", "flex", training=True) is None
+
+
+def test_failed_variant_is_reported_not_raised():
+    from training.benchmark_timing import PeakMemory, Variant, measure_variants
+
+    def broken():
+        raise RuntimeError("no kernel for this combination\nsecond line")
+
+    settings = {"section": "inference", "batch_size": 1, "dtype": "fp32", "lpa": "explicit", "text_encoder": False}
+    variants = [Variant({**settings, "compiled": True}, broken), Variant({**settings, "compiled": False}, lambda: 0)]
+    device = torch.device("cpu")
+    failed, ok = measure_variants(variants, warmup=1, iterations=2, device=device, memory=PeakMemory(device))
+    assert failed["status"] == "failed" and failed["reason"] == "RuntimeError: no kernel for this combination"
+    assert ok["status"] == "ok" and len(ok["latencies_ms"]) == 2
+    assert latency_ratios([failed, ok]) == []
+
+
+def test_cli_rejects_unavailable_cuda_and_bad_sizes():
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--device", "cuda"])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--tiny", "--image_size", "100"])
+    args = benchmark.parse_args(["--tiny", "--device", "cpu"])
+    assert args.image_size == 64 and args.batch_sizes == [1, 2] and args.warmup >= 1
+    paper = benchmark.parse_args(["--device", "cpu", "--batch_sizes", "1", "12", "32"])
+    assert paper.image_size == 640 and paper.num_phrases == 20 and paper.batch_sizes == [1, 12, 32]
