@@ -2,6 +2,7 @@
 
     python -m hub push-model DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
                                  [--token T] [--dry-run] [--license LICENSE] [--dataset ID ...] [--keep-readme]
+                                 [--no-remote-code]
     python -m hub push-dataset DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
                                    [--token T] [--dry-run]
     python -m hub model-card DIR [--repo-id ORG/NAME] [--license LICENSE] [--dataset ID ...] [--output FILE]
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="upload the folder's README.md as it is instead of regenerating the model card",
     )
+    push_model_parser.add_argument(
+        "--no-remote-code",
+        action="store_true",
+        help="do not add the EPNG code files + auto_map that let users load the model with trust_remote_code=True",
+    )
 
     push_dataset_parser = commands.add_parser(
         "push-dataset",
@@ -120,6 +126,7 @@ def _run(args: argparse.Namespace) -> None:
             license=args.license,
             datasets=args.datasets,
             write_card=not args.keep_readme,
+            remote_code=not args.no_remote_code,
             **push_arguments,
         )
     else:

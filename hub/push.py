@@ -28,6 +28,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 
 from .cards import CONFIG_FILE, DEFAULT_LICENSE, HubInputError, read_json, write_model_card
+from .remote_code import add_remote_code, remote_code_files
 
 README = "README.md"
 MAIN_BRANCH = "main"
@@ -258,6 +259,7 @@ def push_model(
     license: str = DEFAULT_LICENSE,
     datasets: str | list[str] | None = None,
     write_card: bool = True,
+    remote_code: bool = True,
     dry_run: bool = False,
     api: HfApi | None = None,
 ) -> HubUpload:
@@ -275,6 +277,9 @@ def push_model(
         datasets (`str` or `list[str]`, *optional*): training dataset ids for the model card.
         write_card (`bool`, *optional*, defaults to `True`): (re)generate README.md; `False` uploads the folder's
             README.md as it is.
+        remote_code (`bool`, *optional*, defaults to `True`): also upload the EPNG code files and `auto_map`
+            entries ([`hub.remote_code.add_remote_code`]), so users without this package can load the model with
+            `trust_remote_code=True`.
         dry_run (`bool`, *optional*, defaults to `False`): only plan: write nothing, contact nothing.
         api (`HfApi`, *optional*): client to use (tests inject a fake); defaults to `HfApi(token=token)`.
 
@@ -294,10 +299,14 @@ def push_model(
     )
     if write_card and README not in upload.files:
         upload.files = sorted([*upload.files, README])
+    if remote_code:
+        upload.files = sorted({*upload.files, *(path.name for path in remote_code_files(folder))})
     if dry_run:
         return upload
     if write_card:
         write_model_card(folder, repo_id, datasets=datasets, license=license)
+    if remote_code:
+        add_remote_code(folder)
     return _upload(
         upload,
         api=api,

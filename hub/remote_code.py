@@ -100,6 +100,16 @@ def _add_auto_map(json_file: Path, entries: dict[str, str], image_processor_entr
     json_file.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def remote_code_files(folder: str | os.PathLike) -> list[Path]:
+    """The package's code files that [`add_remote_code`] copies into `folder` (processor code only when the
+    folder holds a processor)."""
+    folder = Path(folder)
+    classes: list[type] = [EpngConfig, EpngForPanopticNarrativeGrounding]
+    if any((folder / name).is_file() for name in (PROCESSOR_FILE, LEGACY_PREPROCESSOR_FILE)):
+        classes += [EpngProcessor, EpngImageProcessor]
+    return collect_code_files(classes)
+
+
 def add_remote_code(folder: str | os.PathLike) -> list[Path]:
     """
     Copy the EPNG code into a saved model folder and point its configs' `auto_map` at it, so that
@@ -121,14 +131,7 @@ def add_remote_code(folder: str | os.PathLike) -> list[Path]:
     if model_type != EpngConfig.model_type:
         raise ValueError(f"{config_file} has model_type {model_type!r}, not {EpngConfig.model_type!r}")
 
-    classes: list[type] = [EpngConfig, EpngForPanopticNarrativeGrounding]
-    processor_files = [
-        folder / name for name in (PROCESSOR_FILE, LEGACY_PREPROCESSOR_FILE) if (folder / name).is_file()
-    ]
-    if processor_files:
-        classes += [EpngProcessor, EpngImageProcessor]
-    code_files = collect_code_files(classes)
-    written = [Path(shutil.copyfile(file, folder / file.name)) for file in code_files]
+    written = [Path(shutil.copyfile(file, folder / file.name)) for file in remote_code_files(folder)]
 
     _add_auto_map(
         config_file,

@@ -41,7 +41,7 @@ MODEL_FILES = {
     "runs/Jan01_00-00-00/events.out.tfevents.1.host": "events",
     ".git/HEAD": "ref: refs/heads/main",
 }
-EXPECTED_MODEL_FILES = [
+CHECKPOINT_FILES = [
     "README.md",
     "config.json",
     "eval_results.json",
@@ -51,6 +51,16 @@ EXPECTED_MODEL_FILES = [
     "tokenizer_config.json",
     "trainer_state.json",
 ]
+# the EPNG code that push-model adds for trust_remote_code loading
+CODE_FILES = [
+    "attention.py",
+    "configuration_epng.py",
+    "image_processing_epng.py",
+    "losses.py",
+    "modeling_epng.py",
+    "processing_epng.py",
+]
+EXPECTED_MODEL_FILES = sorted(CHECKPOINT_FILES + CODE_FILES)
 DATASET_CARD = """---
 license: cc-by-4.0
 configs:
@@ -181,6 +191,15 @@ def test_push_model_uploads_the_checkpoint_without_training_leftovers(checkpoint
     metadata = metadata_load(checkpoint_dir / "README.md")
     assert metadata["library_name"] == "transformers"
     assert metadata["model-index"][0]["name"] == "org/epng"
+    auto_map = json.loads((checkpoint_dir / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_epng.EpngForPanopticNarrativeGrounding"
+
+
+def test_push_model_without_remote_code(checkpoint_dir):
+    api = FakeHfApi()
+    upload = push_model(checkpoint_dir, "org/epng", remote_code=False, api=api)
+    assert upload.files == api.uploaded_files == CHECKPOINT_FILES
+    assert "auto_map" not in json.loads((checkpoint_dir / "config.json").read_text())
 
 
 def test_push_model_to_a_branch_privately(checkpoint_dir):
@@ -364,7 +383,7 @@ def test_cli_push_uses_the_token_without_printing_it(checkpoint_dir, capsys, mon
     assert clients[0].kwargs_of("upload_folder")["commit_message"] == "v1"
     assert clients[0].kwargs_of("create_repo")["private"] is None
     assert "hf_secret" not in captured.out + captured.err
-    assert "Pushed 8 files to model org/epng@main" in captured.out
+    assert f"Pushed {len(EXPECTED_MODEL_FILES)} files to model org/epng@main" in captured.out
 
 
 def test_cli_bad_folder_is_a_one_line_error(tmp_path, capsys, no_hub_client):
