@@ -38,13 +38,15 @@ import json
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import PIL.Image
 from datasets import Features, Image, List, Value
+
+from .json_stream import JsonStream
 
 PNG_FEATURES = Features(
     {
@@ -218,104 +220,10 @@ class NarrativeLocations(NamedTuple):
 
 
 _NON_SPACE = re.compile(r"\S")
-_DECODER = json.JSONDecoder()
 
 
-class _JsonStream:
-    """Decodes a JSON text value by value from a text file, holding only a bounded window of it.
-
-    `json.JSONDecoder.raw_decode` does the decoding (C speed); this class only walks the structural characters of
-    the enclosing array/object. Offsets are in characters of the text stream (bytes when decoded as latin-1).
-    """
-
-    def __init__(self, file, path, base_offset=0, chunk_chars=1 << 20):
-        self._file = file
-        self._path = path
-        self._buffer = ""
-        self._pos = 0
-        self._base = base_offset
-        self._chunk_chars = chunk_chars
-
-    @property
-    def offset(self) -> int:
-        return self._base + self._pos
-
-    def _fill(self) -> bool:
-        chunk = self._file.read(self._chunk_chars)
-        if not chunk:
-            return False
-        self._base += self._pos
-        self._buffer = self._buffer[self._pos :] + chunk
-        self._pos = 0
-        return True
-
-    def _error(self, detail):
-        return PngFormatError(f"invalid JSON at character {self.offset}: {detail}", path=self._path)
-
-    def peek(self) -> str | None:
-        """Next non-whitespace character (not consumed), or None at the end of the file."""
-        while True:
-            match = _NON_SPACE.search(self._buffer, self._pos)
-            if match:
-                self._pos = match.start()
-                return self._buffer[self._pos]
-            self._pos = len(self._buffer)
-            if not self._fill():
-                return None
-
-    def expect(self, allowed: str) -> str:
-        char = self.peek()
-        if char is None or char not in allowed:
-            raise self._error(f"expected one of {allowed!r}, found {char!r}")
-        self._pos += 1
-        return char
-
-    def value(self) -> Any:
-        if self.peek() is None:
-            raise self._error("unexpected end of file")
-        while True:
-            try:
-                obj, end = _DECODER.raw_decode(self._buffer, self._pos)
-            except json.JSONDecodeError as error:
-                if self._fill():
-                    continue
-                raise self._error(error.msg) from error
-            # A value ending exactly at the window's end may be a cut number ("12" of "123"): read on and retry.
-            if end == len(self._buffer) and self._fill():
-                continue
-            self._pos = end
-            return obj
-
-    def array_items(self, opened: bool = False) -> Iterator[tuple[int, Any]]:
-        """Yields `(offset, value)` for the array starting here; `opened=True` starts at an element inside it."""
-        if not opened:
-            self.expect("[")
-            if self.peek() == "]":
-                self._pos += 1
-                return
-        while True:
-            self.peek()
-            offset = self.offset
-            yield offset, self.value()
-            if self.expect(",]") == "]":
-                return
-
-    def object_members(self, streamed: Callable[[str], Callable[[Any], None] | None]) -> None:
-        """Walks a top-level object; arrays of members for which `streamed(key)` gives a callback are streamed."""
-        self.expect("{")
-        if self.peek() == "}":
-            return
-        while True:
-            key = self.value()
-            self.expect(":")
-            callback = streamed(key)
-            if callback is not None and self.peek() == "[":
-                for _, item in self.array_items():
-                    callback(item)
-            else:
-                self.value()
-            if self.expect(",}") == "}":
-                return
+def _json_stream(file, path: Path, **kwargs) -> JsonStream:
+    return JsonStream(file, lambda detail: PngFormatError(detail, path=path), **kwargs)
 
 
 def _load_panoptic_index(path: Path) -> tuple[dict[int, bool], dict[int, _PanopticImage]]:
@@ -338,7 +246,7 @@ def _load_panoptic_index(path: Path) -> tuple[dict[int, bool], dict[int, _Panopt
     callbacks = {"images": add_image, "annotations": add_annotation, "categories": add_category}
     with open(path, encoding="utf-8") as file:
         try:
-            _JsonStream(file, path).object_members(callbacks.get)
+            _json_stream(file, path).object_members(callbacks.get)
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, PngFormatError):
                 raise
@@ -457,7 +365,7 @@ class PngFormatReader:
             # latin-1 maps bytes 1:1 to characters, so stream offsets are byte offsets usable with `seek`; the
             # only field read here, image_id, is ASCII.
             with open(self.narratives_path, encoding="latin-1") as file:
-                for offset, narrative in _JsonStream(file, self.narratives_path).array_items():
+                for offset, narrative in _json_stream(file, self.narratives_path).array_items():
                     image_id = str(narrative.get("image_id")) if isinstance(narrative, dict) else None
                     offsets.append(offset)
                     narrative_indices.append(seen[image_id])
@@ -493,7 +401,7 @@ class PngFormatReader:
         with open(self.narratives_path, "rb") as raw:
             raw.seek(locations.offsets[start])
             text = io.TextIOWrapper(raw, encoding="utf-8")
-            narratives = _JsonStream(text, self.narratives_path).array_items(opened=True)
+            narratives = _json_stream(text, self.narratives_path).array_items(opened=True)
             # range first: zip stops before pulling a narrative past `stop` from the stream.
             for entry, (_, narrative) in zip(range(start, stop), narratives, strict=False):
                 narrative_index = locations.narrative_indices[entry]

@@ -7,7 +7,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-
 from epng_testing import tiny_config_kwargs  # noqa: E402
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ if __package__ in (None, ""):  # `python training/run_png.py` and `accelerate la
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datasets
-import torch
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -55,7 +53,9 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub id."})
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated key=value overrides of EpngConfig fields, e.g. 'sal_weight=0,lpa_distance=squared'."},
+        metadata={
+            "help": "Comma-separated key=value overrides of EpngConfig fields, e.g. 'sal_weight=0,lpa_distance=squared'."
+        },
     )
 
 
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = load_png_dataset(data_args, training_args.output_dir)
     model, processor = build_model_and_processor(model_args, data_args)
     train_dataset = dataset[data_args.train_split] if training_args.do_train else None
-    eval_dataset = dataset[data_args.eval_split] if (training_args.do_eval or training_args.eval_strategy != "no") else None
+    evaluates = training_args.do_eval or training_args.eval_strategy != "no"
+    eval_dataset = dataset[data_args.eval_split] if evaluates else None
     if train_dataset is not None and data_args.max_train_samples:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
     if eval_dataset is not None and data_args.max_eval_samples:

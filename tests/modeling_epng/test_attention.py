@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from epng_testing import tiny_config_kwargs
+
 from modeling_epng import EpngConfig
 from modeling_epng.attention import (
     EpngCrossAttention,

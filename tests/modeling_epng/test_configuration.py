@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from epng_testing import tiny_config_kwargs
 from transformers import AutoConfig, AutoModel
 
-from epng_testing import tiny_config_kwargs
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 
 PAPER_PARAMETERS = 76.5e6

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from epng_testing import tiny_config_kwargs
+
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 
 

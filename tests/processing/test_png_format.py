@@ -17,7 +17,7 @@ from processing.png_format import (
     PngFormatError,
     PngFormatReader,
     UtteranceMismatchError,
-    _JsonStream,
+    _json_stream,
     locate_utterances,
 )
 
@@ -117,11 +117,11 @@ def test_json_stream_handles_chunk_boundaries(tmp_path):
     path.write_text(json.dumps(values, ensure_ascii=False), encoding="utf-8")
     for chunk_chars in (1, 3, 16, 1 << 20):
         with open(path, encoding="utf-8") as file:
-            decoded = [value for _, value in _JsonStream(file, path, chunk_chars=chunk_chars).array_items()]
+            decoded = [value for _, value in _json_stream(file, path, chunk_chars=chunk_chars).array_items()]
         assert decoded == values
     path.write_text('[{"a": 1}, {"a": ')
     with open(path, encoding="utf-8") as file, pytest.raises(PngFormatError, match="values.json"):
-        list(_JsonStream(file, path, chunk_chars=4).array_items())
+        list(_json_stream(file, path, chunk_chars=4).array_items())
 
 
 def _delete_image(root, image_id):
