@@ -96,11 +96,13 @@ text = "A man in a red shirt walks two dogs on the grass."
 # The phrases to ground, as (start, end) character spans of the narrative.
 phrases = [(text.index(phrase), text.index(phrase) + len(phrase)) for phrase in ("A man", "two dogs", "the grass")]
 
-inputs = processor(images=image, text=text, phrases=phrases, return_tensors="pt")
+inputs = processor(images=image, text=text, phrases=phrases, return_tensors="pt", return_original_sizes=True)
+# (height, width) after EXIF orientation, which is what the masks must match.
+original_sizes = inputs.pop("original_sizes")
 with torch.no_grad():
     outputs = model(**inputs)
-# One binary mask per phrase, at the original image size (height, width).
-masks = processor.post_process_grounding(outputs, target_sizes=[(image.height, image.width)])
+# One binary mask per phrase, at the original image size.
+masks = processor.post_process_grounding(outputs, target_sizes=original_sizes)[0]["masks"]
 ```"""
 
 

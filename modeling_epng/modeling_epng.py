@@ -104,11 +104,13 @@ def freeze_batch_norms(module: nn.Module) -> None:
 
 
 def backbone_stages(backbone: nn.Module) -> nn.ModuleList:
-    """The list of stages of a transformers backbone (ResNet/ConvNeXt `encoder.stages`, Swin `encoder.layers`)."""
-    encoder = getattr(backbone, "encoder", None)
-    for name in ("stages", "layers"):
-        if isinstance(getattr(encoder, name, None), nn.ModuleList):
-            return getattr(encoder, name)
+    """The list of stages of a transformers backbone: `encoder.stages` (ResNet, ConvNeXt) or `encoder.layers`
+    (Swin, where the encoder sits one level down, in `backbone.swin`)."""
+    encoders = [getattr(module, "encoder", None) for module in (backbone, *backbone.children())]
+    for encoder in filter(None, encoders):
+        for name in ("stages", "layers"):
+            if isinstance(getattr(encoder, name, None), nn.ModuleList):
+                return getattr(encoder, name)
     raise ValueError(
         f"Cannot find the stages of backbone {type(backbone).__name__} to apply backbone_trainable_stages; "
         "set EpngConfig.backbone_trainable_stages=-1 (train all) for this backbone"

@@ -5,6 +5,7 @@ import torch
 from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
+from modeling_epng.modeling_epng import backbone_stages
 
 
 def make_inputs(batch_size=2, height=64, width=96, num_phrases=3, seq_len=12, seed=0):
@@ -203,3 +204,23 @@ def test_overfitting_one_tiny_batch_drives_the_loss_down():
     # SAL is bounded below by log(#positive pixels) per phrase, so the mask terms carry the clear drop
     assert mask_losses[-1] < 0.25 * mask_losses[0], mask_losses
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "backbone_config",
+    [
+        {"model_type": "convnext", "depths": [1, 1, 1, 1], "hidden_sizes": [16, 24, 32, 48],
+         "out_features": ["stage2", "stage3", "stage4"]},
+        {"model_type": "swin", "image_size": 64, "embed_dim": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+         "window_size": 2, "out_features": ["stage2", "stage3", "stage4"]},
+    ],
+)
+def test_other_backbones_plug_in_by_config(backbone_config):
+    model = make_model(backbone_config=backbone_config).train()
+    output = model(**make_inputs(height=64, width=64), mask_labels=torch.ones(2, 3, 64, 64))
+    output.loss.backward()
+    assert output.mask_logits.shape == (2, 3, 16, 16)
+    stages = backbone_stages(model.visual_encoder.backbone)
+    assert len(stages) == 4
+    assert all(not p.requires_grad for p in stages[0].parameters())
+    assert all(p.requires_grad for p in stages[-1].parameters())
