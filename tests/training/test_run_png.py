@@ -47,7 +47,9 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
     after = main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "after", "--do_train",
                           "--do_eval", "--eval_split", "train", "--max_steps", "30", "--per_device_train_batch_size",
                           "4", "--save_strategy", "no", "--lr_schedule", "trainer", "--lr_scheduler_type", "constant"))
-    assert after["eval_loss"] < 0.9 * before["eval_loss"], (before, after)
+    # SAL has a floor of log(#positive pixels) per phrase, so the total falls slowly; the masks improve clearly.
+    assert after["eval_loss"] < 0.95 * before["eval_loss"], (before, after)
+    assert after["eval_ar_all"] > before["eval_ar_all"] + 5, (before, after)
     assert after["eval_num_phrases"] == total_phrases(synthetic_dataset_dir, "train")
     for name in ("all", "thing", "stuff", "singular", "plural"):
         assert 0.0 <= after[f"eval_ar_{name}"] <= 100.0
