@@ -17,6 +17,24 @@ LAYER_FORMS = ("paper", "reference")
 SAL_VARIANTS = ("bidirectional", "reference")
 LPA_IMPLEMENTATIONS = ("explicit", "flex")
 RESNET101_STAGE_DEPTHS = [3, 4, 23, 3]
+FUSED_STAGES = ["stage2", "stage3", "stage4"]
+
+
+def small_resnet_backbone_config(hidden_sizes: list[int], depths: list[int] | None = None) -> dict:
+    """`backbone_config` of a small basic-block ResNet exposing C3, C4, C5 (demo, tests and benchmarks).
+
+    Args:
+        hidden_sizes: channels of the four stages; the stem gets the first one.
+        depths: blocks per stage, one each by default.
+    """
+    return {
+        "model_type": "resnet",
+        "depths": depths or [1, 1, 1, 1],
+        "hidden_sizes": list(hidden_sizes),
+        "embedding_size": hidden_sizes[0],
+        "layer_type": "basic",
+        "out_features": FUSED_STAGES,
+    }
 
 
 @strict
@@ -107,7 +125,7 @@ class EpngConfig(PreTrainedConfig):
             init_kwargs={
                 "depths": RESNET101_STAGE_DEPTHS,
                 "layer_type": "bottleneck",
-                "out_features": ["stage2", "stage3", "stage4"],
+                "out_features": FUSED_STAGES,
             },
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
@@ -206,4 +224,4 @@ class EpngConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["EpngConfig"]
+__all__ = ["EpngConfig", "small_resnet_backbone_config"]

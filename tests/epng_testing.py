@@ -1,17 +1,12 @@
 """Helpers shared by the tests (importable because pytest puts tests/ on sys.path)."""
 
+from modeling_epng.configuration_epng import small_resnet_backbone_config
+
 
 def tiny_config_kwargs(**overrides):
     """Keyword arguments of a tiny `EpngConfig`: 1-block ResNet, 2-layer BERT, 48-d communicator."""
     kwargs = dict(
-        backbone_config={
-            "model_type": "resnet",
-            "depths": [1, 1, 1, 1],
-            "hidden_sizes": [16, 24, 32, 48],
-            "embedding_size": 16,
-            "layer_type": "basic",
-            "out_features": ["stage2", "stage3", "stage4"],
-        },
+        backbone_config=small_resnet_backbone_config([16, 24, 32, 48]),
         text_config={
             "model_type": "bert",
             "vocab_size": 30522,

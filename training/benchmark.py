@@ -37,19 +37,13 @@ import transformers
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.attention import EpngLocalityPerceptiveAttention
+from modeling_epng.configuration_epng import small_resnet_backbone_config
 
 from .benchmark_processor import processor_throughput
 from .benchmark_timing import KEY_FIELDS, PeakMemory, Variant, autocast, latency_ratios, measure_variants, synchronize
 
 TINY_CONFIG = {
-    "backbone_config": {
-        "model_type": "resnet",
-        "depths": [1, 1, 1, 1],
-        "hidden_sizes": [16, 24, 32, 48],
-        "embedding_size": 16,
-        "layer_type": "basic",
-        "out_features": ["stage2", "stage3", "stage4"],
-    },
+    "backbone_config": small_resnet_backbone_config([16, 24, 32, 48]),
     "text_config": {
         "model_type": "bert",
         "hidden_size": 32,

@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoTokenizer, TrainerCallback
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+from modeling_epng.configuration_epng import small_resnet_backbone_config
 from processing.collate import EpngCollator, as_records
 from processing.png_dataset import convert
 from processing.synthetic import generate
@@ -36,14 +37,7 @@ from training.run_png import EpngTrainer, EpngTrainingArguments
 def demo_config(text_encoder_path: str) -> EpngConfig:
     """Small EPNG for 2 CPU cores: ~0.9M trainable parameters besides the frozen 22.6M MiniLM encoder."""
     return EpngConfig(
-        backbone_config={
-            "model_type": "resnet",
-            "depths": [1, 1, 1, 1],
-            "hidden_sizes": [32, 64, 128, 128],
-            "embedding_size": 32,
-            "layer_type": "basic",
-            "out_features": ["stage2", "stage3", "stage4"],
-        },
+        backbone_config=small_resnet_backbone_config([32, 64, 128, 128]),
         text_config=AutoConfig.from_pretrained(text_encoder_path).to_dict(),
         fpn_channels=32,
         hidden_size=96,
