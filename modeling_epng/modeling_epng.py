@@ -426,7 +426,6 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         phrase_features: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> EpngOutput | tuple:
         r"""
         Args:

@@ -224,3 +224,9 @@ def test_other_backbones_plug_in_by_config(backbone_config):
     assert len(stages) == 4
     assert all(not p.requires_grad for p in stages[0].parameters())
     assert all(p.requires_grad for p in stages[-1].parameters())
+
+
+def test_unknown_forward_argument_is_an_error():
+    model = make_model().eval()
+    with pytest.raises(TypeError, match="mask_label"):
+        model(**make_inputs(), mask_label=torch.zeros(2, 3, 64, 96))
