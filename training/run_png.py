@@ -173,11 +173,13 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
         tokenizer_source = model_args.tokenizer_name or model_args.text_encoder_name_or_path
     if tokenizer_source is None:
         raise ValueError("A new model needs --text_encoder_name_or_path or --tokenizer_name for its tokenizer")
-    size = {"height": data_args.image_size, "width": data_args.image_size}
-    processor = EpngProcessor(
-        image_processor=EpngImageProcessor(size=size), tokenizer=AutoTokenizer.from_pretrained(tokenizer_source)
-    )
-    return model, processor
+    return model, build_processor(AutoTokenizer.from_pretrained(tokenizer_source), data_args.image_size)
+
+
+def build_processor(tokenizer, image_size: int) -> EpngProcessor:
+    """An `EpngProcessor` resizing to `image_size` x `image_size` with the given fast tokenizer."""
+    size = {"height": image_size, "width": image_size}
+    return EpngProcessor(image_processor=EpngImageProcessor(size=size), tokenizer=tokenizer)
 
 
 def load_png_dataset(data_args: DataArguments, output_dir: str) -> datasets.DatasetDict:
@@ -222,8 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     eval_processor = processor
     if training_args.eval_image_size:
-        size = {"height": training_args.eval_image_size, "width": training_args.eval_image_size}
-        eval_processor = EpngProcessor(image_processor=EpngImageProcessor(size=size), tokenizer=processor.tokenizer)
+        eval_processor = build_processor(processor.tokenizer, training_args.eval_image_size)
     trainer = EpngTrainer(
         model=model,
         args=training_args,
