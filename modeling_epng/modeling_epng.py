@@ -144,7 +144,10 @@ class EpngVisualEncoder(nn.Module):
         inner_c3 = self.lateral_convs[0](c3) + F.interpolate(inner_c4, size=c3.shape[-2:], mode="nearest")
         p3, p4, p5 = (conv(inner) for conv, inner in zip(self.output_convs, (inner_c3, inner_c4, inner_c5)))
         fused_size = p4.shape[-2:]
-        p3 = F.adaptive_avg_pool2d(p3, fused_size)
+        # Inputs are multiples of 32, so P3 is exactly twice P4 and 2x2 average pooling is the reference's adaptive
+        # pooling; unlike adaptive pooling, Inductor can compile it for symbolic sizes (a compiled model meeting a
+        # second image size).
+        p3 = F.avg_pool2d(p3, kernel_size=2)
         p5 = F.interpolate(p5, size=fused_size, mode="bilinear", align_corners=self.align_corners)
         return torch.cat([p3, p4, p5], dim=1)
 

@@ -230,3 +230,19 @@ def test_unknown_forward_argument_is_an_error():
     model = make_model().eval()
     with pytest.raises(TypeError, match="mask_label"):
         model(**make_inputs(), mask_label=torch.zeros(2, 3, 64, 96))
+
+
+def test_compiled_model_follows_a_change_of_image_size():
+    # The second size makes dynamo recompile with symbolic sizes, which every layer must support (adaptive pooling,
+    # once used to fuse P3, did not).
+    torch._dynamo.reset()
+    model = make_model().eval()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        for height, width in [(64, 96), (96, 64)]:
+            inputs = {  # phrase features: the text encoder's compilation would only cost time here
+                "pixel_values": torch.randn(2, 3, height, width),
+                "phrase_features": torch.randn(2, 3, model.config.text_config.hidden_size),
+                "phrase_mask": torch.tensor([[True, True, False], [True, False, False]]),
+            }
+            torch.testing.assert_close(compiled(**inputs).mask_logits, model(**inputs).mask_logits, atol=1e-5, rtol=1e-4)
