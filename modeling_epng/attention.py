@@ -19,8 +19,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import logging
 
 from .configuration_epng import EpngConfig
+
+logger = logging.get_logger(__name__)
+
+# Inductor's GPU flex kernel is built on Triton's tl.dot, which needs at least 16 channels per head.
+FLEX_GPU_MIN_HEAD_DIM = 16
 
 
 def lpa_distance_matrix(height: int, width: int, form: str, truncation: float, device=None) -> torch.Tensor:
@@ -63,6 +69,15 @@ def sine_position_embedding(height: int, width: int, channels: int, device=None,
         dim=-1,
     )
     return grid.reshape(height * width, channels)
+
+
+def flex_fallback_reason(device_type: str, head_dim: int, training: bool) -> str | None:
+    """Why the fused LPA path cannot run on this device (the exact explicit path runs instead), or None if it can."""
+    if device_type == "cpu" and training:
+        return "flex_attention has no CPU backward"
+    if device_type != "cpu" and head_dim < FLEX_GPU_MIN_HEAD_DIM:
+        return f"flex_attention's GPU kernel needs at least {FLEX_GPU_MIN_HEAD_DIM} channels per head, got {head_dim}"
+    return None
 
 
 @functools.cache
@@ -144,13 +159,12 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
         values = self.split_heads(self.v_proj, hidden_states)
         dropout = self.attention_dropout if self.training else 0.0
 
-        # flex_attention has no CPU backward: training on CPU falls back to the (exact) explicit path.
-        use_flex = (
-            self.use_distance_prior
-            and self.implementation == "flex"
-            and not output_attentions
-            and (hidden_states.device.type != "cpu" or not torch.is_grad_enabled())
-        )
+        use_flex = self.use_distance_prior and self.implementation == "flex" and not output_attentions
+        if use_flex:
+            reason = flex_fallback_reason(hidden_states.device.type, self.head_dim, torch.is_grad_enabled())
+            if reason is not None:
+                logger.warning_once(f"lpa_implementation='flex' runs the explicit LPA path instead: {reason}.")
+                use_flex = False
         if output_attentions or (self.use_distance_prior and not use_flex):
             # 1/sqrt(d_k) is folded into the (heads, N, N) prior, whose size does not grow with the batch, so the
             # (B, heads, N, N) logits take one pass for scale and prior, in place when no autograd graph needs them.

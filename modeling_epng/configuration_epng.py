@@ -80,6 +80,8 @@ class EpngConfig(PreTrainedConfig):
     lpa_implementation (`str`, *optional*, defaults to `"explicit"`):
         `"explicit"`: logits, prior product and softmax as separate tensors (exact, the fastest path on CPU).
         `"flex"`: `torch.nn.attention.flex_attention` with the prior as a `score_mod` (no (HW)^2 tensor kept).
+        It runs fused on CUDA (compiled there) and under `torch.compile` on CPU; CPU training and GPU heads of fewer
+        than 16 channels run the explicit path instead.
     communicator_layer_form (`str`, *optional*, defaults to `"paper"`):
         `"paper"`: post-norm layers (residual + LayerNorm after each block). `"reference"`: the authors' code,
         which wraps each attention block in a second residual + LayerNorm (needed for their checkpoints).

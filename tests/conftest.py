@@ -10,6 +10,15 @@ import pytest  # noqa: E402
 from epng_testing import tiny_config_kwargs  # noqa: E402
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected
+def pytest_collection_modifyitems(config, items):
+    """Selecting the GPU tests on a machine without one is a usage error, so that they never pass by skipping."""
+    import torch
+
+    if any(item.get_closest_marker("cuda") for item in items) and not torch.cuda.is_available():
+        raise pytest.UsageError("tests marked `cuda` were selected, but torch sees no CUDA device")
+
+
 @pytest.fixture
 def tiny_config():
     from modeling_epng import EpngConfig

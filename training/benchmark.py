@@ -36,7 +36,7 @@ import torch
 import transformers
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
-from modeling_epng.attention import EpngLocalityPerceptiveAttention
+from modeling_epng.attention import EpngLocalityPerceptiveAttention, flex_fallback_reason
 from modeling_epng.configuration_epng import small_resnet_backbone_config
 
 from .benchmark_processor import processor_throughput
@@ -54,7 +54,7 @@ TINY_CONFIG = {
     "fpn_channels": 16,
     "hidden_size": 48,
     "num_communicator_layers": 2,
-    "num_attention_heads": 4,
+    "num_attention_heads": 3,  # 16 channels per head: the least the GPU flex kernel takes
     "ffn_dim": 64,
     "text_pooled_layers": 2,
 }
@@ -77,15 +77,16 @@ DEFAULTS = {
 }
 
 
-def unsupported_reason(device: torch.device, dtype: str, lpa: str, training: bool) -> str | None:
+def unsupported_reason(device: torch.device, dtype: str, lpa: str, training: bool, head_dim: int) -> str | None:
     """Why a combination cannot run on `device`, or None when it can."""
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return "bf16 is not supported by this GPU (needs compute capability >= 8.0)"
     if lpa == "flex":
         if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
             return f"flex_attention is not available in torch {torch.__version__} (needs >= 2.5)"
-        if training and device.type == "cpu":
-            return "flex_attention has no CPU backward (the model would fall back to the explicit path)"
+        fallback = flex_fallback_reason(device.type, head_dim, training)
+        if fallback is not None:
+            return f"{fallback} (the model would fall back to the explicit path)"
     return None
 
 
@@ -148,6 +149,7 @@ def section_variants(section: str, model, compiled_model, batch_sizes, make_batc
         step: `(runner, inputs, device, dtype) -> output`, one timed iteration.
     """
     modules = lpa_modules(model)
+    head_dim = modules[0].head_dim
     text_options = (False, True) if args.with_text_encoder and section != "lpa" else (False,)
     variants = []
     for batch_size in batch_sizes:
@@ -170,7 +172,7 @@ def section_variants(section: str, model, compiled_model, batch_sizes, make_batc
                             runner = compiled_model if settings["compiled"] else model
                             return step(runner, inputs, device, settings["dtype"])
 
-                        reason = unsupported_reason(device, dtype, lpa, training=section == "training")
+                        reason = unsupported_reason(device, dtype, lpa, section == "training", head_dim)
                         variants.append(Variant(settings, call, reason))
     return variants
 
@@ -226,13 +228,14 @@ def part_breakdown(model, config, args, device, lpa: str) -> dict[str, float]:
 
 
 def operator_profile(model, config, args, device) -> dict:
-    """torch.profiler's top-10 operators (by self device time) of one eager fp32 forward at the first batch size."""
+    """torch.profiler's top-10 operators (by self device time) of one eager forward at the first batch size and dtype
+    and the first LPA implementation."""
     from torch.profiler import ProfilerActivity, profile
 
     set_lpa_implementation(lpa_modules(model), args.lpa[0])
     inputs = make_inputs(config, args.batch_sizes[0], args, args.with_text_encoder, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, args.dtypes[0]):
         for _ in range(args.warmup):
             model(**inputs)
         with profile(activities=activities) as profiler:
@@ -245,6 +248,7 @@ def operator_profile(model, config, args, device) -> dict:
     return {
         "lpa": args.lpa[0],
         "batch_size": args.batch_sizes[0],
+        "dtype": args.dtypes[0],
         "sort_by": time_field,
         "operators": [
             {
@@ -302,7 +306,8 @@ def format_report(report: dict) -> str:
         lines += [f"  {name:14} {ms:10.1f} ms  {100 * ms / parts['total']:5.1f}%" for name, ms in parts.items()]
     if "profile" in report:
         profile = report["profile"]
-        lines += ["", f"Top-10 operators (one forward, batch {profile['batch_size']}):", profile["table"]]
+        title = f"one eager forward, batch {profile['batch_size']}, {profile['dtype']}, {profile['lpa']} LPA"
+        lines += ["", f"Top-10 operators ({title}):", profile["table"]]
     processor = report.get("processor")
     if processor and processor["status"] == "ok":
         width, height = processor["image_size"]

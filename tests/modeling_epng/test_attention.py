@@ -10,9 +10,11 @@ from modeling_epng import EpngConfig
 from modeling_epng.attention import (
     EpngCrossAttention,
     EpngLocalityPerceptiveAttention,
+    flex_fallback_reason,
     lpa_distance_matrix,
     sine_position_embedding,
 )
+from training.benchmark_timing import MIB, PeakMemory
 
 
 def test_euclidean_distance_is_truncated():
@@ -81,6 +83,13 @@ def test_flex_path_falls_back_to_explicit_for_cpu_training():
     assert attention.distance_weights.grad is not None and torch.isfinite(tokens.grad).all()
 
 
+def test_flex_fallback_reasons():
+    assert "backward" in flex_fallback_reason("cpu", head_dim=96, training=True)
+    assert flex_fallback_reason("cpu", head_dim=12, training=False) is None  # the CPU kernel takes any head dim
+    assert "at least 16" in flex_fallback_reason("cuda", head_dim=12, training=False)
+    assert flex_fallback_reason("cuda", head_dim=96, training=True) is None
+
+
 def test_cross_attention_ignores_padding_phrases_and_survives_zero_phrases():
     config = EpngConfig(**tiny_config_kwargs())
     attention = EpngCrossAttention(config).eval()
@@ -109,3 +118,33 @@ def test_prior_cached_under_inference_mode_still_trains():
     output, _ = attention(tokens.requires_grad_(), (3, 4))
     output.sum().backward()
     assert attention.distance_weights.grad is not None
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_compiled_flex_path_keeps_no_score_matrix_per_head(one_thread):
+    config = EpngConfig(**tiny_config_kwargs(lpa_implementation="flex"))
+    attention = EpngLocalityPerceptiveAttention(config).eval()
+    compiled = torch.compile(attention)
+    batch_size, side = 2, 64
+    tokens = torch.randn(batch_size, side * side, config.hidden_size)
+    scores_bytes = batch_size * config.num_attention_heads * (side * side) ** 2 * 4  # one fp32 (B, heads, N, N)
+    host_memory = PeakMemory(torch.device("cpu"))  # the benchmark's: peak resident set of one call (Linux /proc)
+    assert host_memory.method == "linux_vmhwm_after_clear_refs"
+    with torch.no_grad():
+        compiled(tokens, (side, side))  # compiles
+        fused_peak = host_memory.measure(lambda: compiled(tokens, (side, side)))["peak_memory_increase_mb"] * MIB
+        fused, _ = compiled(tokens, (side, side))
+        attention.implementation = "explicit"
+        explicit_peak = host_memory.measure(lambda: attention(tokens, (side, side)))["peak_memory_increase_mb"] * MIB
+        explicit, _ = attention(tokens, (side, side))
+    assert torch.allclose(fused, explicit, atol=1e-4)
+    assert explicit_peak >= scores_bytes  # the measurement sees the explicit path's (B, heads, N, N) logits
+    # Inductor's CPU kernel holds one N x N buffer per thread (measured), not one per batch element and head.
+    assert fused_peak < scores_bytes / 4

@@ -80,12 +80,13 @@ def test_breakdown_profile_and_processor(report):
 
 def test_unsupported_combinations_have_reasons(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert "backward" in benchmark.unsupported_reason(cpu, "fp32", "flex", training=True)
-    assert benchmark.unsupported_reason(cpu, "bf16", "flex", training=False) is None
-    assert benchmark.unsupported_reason(cpu, "fp32", "explicit", training=True) is None
+    assert "backward" in benchmark.unsupported_reason(cpu, "fp32", "flex", True, head_dim=96)
+    assert benchmark.unsupported_reason(cpu, "bf16", "flex", False, head_dim=12) is None
+    assert benchmark.unsupported_reason(cpu, "fp32", "explicit", True, head_dim=96) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert "bf16" in benchmark.unsupported_reason(cuda, "bf16", "explicit", training=False)
-    assert benchmark.unsupported_reason(cuda, "fp32", "flex", training=True) is None
+    assert "bf16" in benchmark.unsupported_reason(cuda, "bf16", "explicit", False, head_dim=96)
+    assert benchmark.unsupported_reason(cuda, "fp32", "flex", True, head_dim=96) is None
+    assert "at least 16 channels" in benchmark.unsupported_reason(cuda, "fp32", "flex", False, head_dim=12)
 
 
 def test_failed_variant_is_reported_not_raised():
