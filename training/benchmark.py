@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -81,13 +80,8 @@ def unsupported_reason(device: torch.device, dtype: str, lpa: str, training: boo
     """Why a combination cannot run on `device`, or None when it can."""
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return "bf16 is not supported by this GPU (needs compute capability >= 8.0)"
-    if lpa == "flex":
-        if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
-            return f"flex_attention is not available in torch {torch.__version__} (needs >= 2.5)"
-        fallback = flex_fallback_reason(device.type, head_dim, training)
-        if fallback is not None:
-            return f"{fallback} (the model would fall back to the explicit path)"
-    return None
+    fallback = flex_fallback_reason(device.type, head_dim, training) if lpa == "flex" else None
+    return None if fallback is None else f"{fallback} (the model would fall back to the explicit path)"
 
 
 def lpa_modules(model: torch.nn.Module) -> list[EpngLocalityPerceptiveAttention]:
