@@ -142,7 +142,9 @@ class EpngVisualEncoder(nn.Module):
         inner_c5 = self.lateral_convs[2](c5)
         inner_c4 = self.lateral_convs[1](c4) + F.interpolate(inner_c5, size=c4.shape[-2:], mode="nearest")
         inner_c3 = self.lateral_convs[0](c3) + F.interpolate(inner_c4, size=c3.shape[-2:], mode="nearest")
-        p3, p4, p5 = (conv(inner) for conv, inner in zip(self.output_convs, (inner_c3, inner_c4, inner_c5)))
+        p3, p4, p5 = (
+            conv(inner) for conv, inner in zip(self.output_convs, (inner_c3, inner_c4, inner_c5), strict=True)
+        )
         fused_size = p4.shape[-2:]
         # Inputs are multiples of 32, so P3 is exactly twice P4 and 2x2 average pooling is the reference's adaptive
         # pooling; unlike adaptive pooling, Inductor can compile it for symbolic sizes (a compiled model meeting a
@@ -471,7 +473,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
             pixel_map, phrase_embeddings, phrase_mask, output_attentions=bool(output_attentions)
         )
         pixel_embeddings = F.interpolate(
-            pixel_map, scale_factor=FUSED_STRIDE // MASK_STRIDE, mode="bilinear",
+            pixel_map,
+            scale_factor=FUSED_STRIDE // MASK_STRIDE,
+            mode="bilinear",
             align_corners=self.config.upsample_align_corners,
         )
         mask_logits = torch.einsum("bpc,bchw->bphw", phrase_embeddings, pixel_embeddings)

@@ -153,7 +153,7 @@ class EpngCollator:
         )
 
         image_sizes = batch.pop("original_sizes")
-        for example, image_size in zip(examples, image_sizes):
+        for example, image_size in zip(examples, image_sizes, strict=True):
             # Catches images whose EXIF orientation disagrees with the annotation (the masks would be rotated).
             if tuple(image_size) != (example["height"], example["width"]):
                 raise ValueError(

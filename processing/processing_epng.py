@@ -64,7 +64,7 @@ def resolve_phrase_spans(text: str, phrases: Sequence[PhraseSpec], narrative_ind
         search_from = span[1]
 
     ordered = sorted(spans)
-    for previous, current in zip(ordered, ordered[1:]):
+    for previous, current in zip(ordered, ordered[1:], strict=False):
         if current[0] < previous[1]:
             raise ValueError(f"Spans {previous} and {current} of {where} overlap.")
     return spans
@@ -186,7 +186,7 @@ class EpngProcessor(ProcessorMixin):
             data.update(self._encode_text(list(text), phrases, max_length, padding))
         if images is not None:
             if phrase_segment_ids is not None:
-                for index, (spans, segment_ids) in enumerate(zip(phrases, phrase_segment_ids)):
+                for index, (spans, segment_ids) in enumerate(zip(phrases, phrase_segment_ids, strict=True)):
                     if len(spans) != len(segment_ids):
                         raise ValueError(
                             f"Narrative {index} has {len(spans)} phrases but {len(segment_ids)} segment id lists."
@@ -238,12 +238,13 @@ class EpngProcessor(ProcessorMixin):
 
         is_text_token = encoding["attention_mask"].numpy().astype(bool) & ~special_tokens_mask
         all_spans = [
-            resolve_phrase_spans(text, narrative, index) for index, (text, narrative) in enumerate(zip(texts, phrases))
+            resolve_phrase_spans(text, narrative, index)
+            for index, (text, narrative) in enumerate(zip(texts, phrases, strict=True))
         ]
         num_phrase_slots = max((len(spans) for spans in all_spans), default=0)
         phrase_ids = np.full(offsets.shape[:2], -1, dtype=np.int64)
         phrase_mask = np.zeros((len(texts), num_phrase_slots), dtype=bool)
-        for index, (text, spans) in enumerate(zip(texts, all_spans)):
+        for index, (text, spans) in enumerate(zip(texts, all_spans, strict=True)):
             phrase_ids[index] = token_phrase_ids(offsets[index], is_text_token[index], spans)
             has_tokens = np.zeros(len(spans), dtype=bool)
             has_tokens[phrase_ids[index][phrase_ids[index] >= 0]] = True

@@ -144,7 +144,7 @@ def draw_grounding(
         raise ValueError(f"`text_position` must be 'right' or 'below', got {text_position!r}.")
 
     pixels = torch.from_numpy(np.array(image, dtype=np.float32))
-    for mask, color in zip(masks, colors):
+    for mask, color in zip(masks, colors, strict=False):
         blended = (1.0 - alpha) * pixels[mask] + alpha * torch.tensor(color, dtype=torch.float32)
         pixels[mask] = blended
     overlay = Image.fromarray(pixels.round().clamp(0, 255).to(torch.uint8).numpy())
@@ -152,7 +152,7 @@ def draw_grounding(
     # Every whitespace character becomes one space, so wrapping works on spaces and character offsets still hold.
     caption = "".join(" " if character.isspace() else character for character in caption)
     character_colors = [_TEXT_COLOR] * len(caption)
-    for (start, end), color in zip(phrase_spans, colors):
+    for (start, end), color in zip(phrase_spans, colors, strict=False):
         character_colors[start:end] = [tuple(color)] * (end - start)
     font = _load_font(font_size)
     panel_width = text_width if text_width is not None else image.width

@@ -176,7 +176,7 @@ def evaluate_res(
         mask_logits = model(**inputs).mask_logits  # (B, P, H/4, W/4), P = 1 (0 if every sentence is blank)
         has_phrase = inputs["phrase_mask"].any(dim=1)
         intersections, unions = [], []
-        for sentence_logits, grounded, gt_mask in zip(mask_logits, has_phrase, gt_masks):
+        for sentence_logits, grounded, gt_mask in zip(mask_logits, has_phrase, gt_masks, strict=True):
             gt_mask = gt_mask.to(device)
             if grounded:
                 predicted = processor.post_process_image_grounding(sentence_logits[:1], gt_mask.shape, threshold)

@@ -157,7 +157,11 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
     def line(cells: Sequence[str]) -> str:
         first, *rest = cells
-        return "| " + " | ".join([first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:])]) + " |"
+        return (
+            "| "
+            + " | ".join([first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
+            + " |"
+        )
 
     separator = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
     return "\n".join([line(header), separator, *(line(row) for row in rows)])
@@ -355,8 +359,8 @@ class PhraseIouAccumulator(_KeyedResults):
         if len({len(column) for column in columns}) != 1:
             raise ValueError(f"all arguments need one entry per phrase, got lengths {[len(c) for c in columns]}")
         iou, thing, plural, image_id, narrative, phrase = columns
-        keys = [(i, int(n), int(p)) for i, n, p in zip(image_id, narrative, phrase)]
-        values = [(float(v), bool(t), bool(pl)) for v, t, pl in zip(iou, thing, plural)]
+        keys = [(i, int(n), int(p)) for i, n, p in zip(image_id, narrative, phrase, strict=True)]
+        values = [(float(v), bool(t), bool(pl)) for v, t, pl in zip(iou, thing, plural, strict=True)]
         self._add(keys, values)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -403,7 +407,7 @@ class PhraseIouAccumulator(_KeyedResults):
         thresholds = np.linspace(0.0, 1.0, 501)
         figure = Figure(figsize=(6.4, 4.8))
         axes = figure.add_subplot()
-        for name, title_name in zip(AR_SUBSETS, AR_SUBSET_TITLES):
+        for name, title_name in zip(AR_SUBSETS, AR_SUBSET_TITLES, strict=True):
             selected = ious[selectors[name]]
             if selected.size:
                 label = f"{title_name}: AR {100 * average_recall(selected):.1f} (n={selected.size})"
@@ -470,7 +474,9 @@ class SentenceIouAccumulator(_KeyedResults):
         columns = [_to_list(intersections), _to_list(unions), _to_list(sent_ids)]
         if len({len(column) for column in columns}) != 1:
             raise ValueError(f"all arguments need one entry per sentence, got lengths {[len(c) for c in columns]}")
-        self._add([(int(s),) for s in columns[2]], [(int(i), int(u)) for i, u in zip(columns[0], columns[1])])
+        self._add(
+            [(int(s),) for s in columns[2]], [(int(i), int(u)) for i, u in zip(columns[0], columns[1], strict=True)]
+        )
 
     def metrics(self) -> dict[str, float | int]:
         """[`res_metrics`] of the recorded sentences."""

@@ -66,7 +66,7 @@ def original_shapes(config: EpngConfig) -> dict[str, tuple[int, ...]]:
     shapes[f"{body}.conv1.weight"] = (backbone.embedding_size, 3, 7, 7)
     norm(f"{body}.bn1", backbone.embedding_size)
     in_channels = backbone.embedding_size
-    for stage, (depth, out_channels) in enumerate(zip(backbone.depths, backbone.hidden_sizes), start=1):
+    for stage, (depth, out_channels) in enumerate(zip(backbone.depths, backbone.hidden_sizes, strict=True), start=1):
         for block in range(depth):
             prefix = f"{body}.layer{stage}.{block}"
             if backbone.layer_type == "bottleneck":

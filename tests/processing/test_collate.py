@@ -84,7 +84,8 @@ def test_collates_model_inputs_targets_and_metadata(collator):
     assert batch["mask_labels"][1, 0].any() and not batch["mask_labels"][1, 1:].any()
 
     tokens = collator.processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
-    assert [token for token, phrase in zip(tokens, batch["phrase_ids"][0].tolist()) if phrase == 2] == ["the", "grass"]
+    phrase_ids = batch["phrase_ids"][0].tolist()
+    assert [token for token, phrase in zip(tokens, phrase_ids, strict=True) if phrase == 2] == ["the", "grass"]
 
 
 def test_model_inputs_only_and_pop_metadata(collator):

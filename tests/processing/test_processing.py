@@ -21,7 +21,7 @@ def processor(tokenizer):
 def tokens_with_phrase_ids(processor, inputs, index=0):
     length = int(inputs["attention_mask"][index].sum())
     tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][index][:length].tolist())
-    return list(zip(tokens, inputs["phrase_ids"][index][:length].tolist()))
+    return list(zip(tokens, inputs["phrase_ids"][index][:length].tolist(), strict=True))
 
 
 def test_phrase_ids_on_tricky_text(processor):

@@ -149,7 +149,7 @@ def test_mask_iou_corner_cases():
 
 def _add_phrases(accumulator, rows):
     """rows: (image_id, narrative, phrase, iou, thing, plural)."""
-    image_ids, narratives, phrases, ious, things, plurals = zip(*rows)
+    image_ids, narratives, phrases, ious, things, plurals = zip(*rows, strict=True)
     accumulator.add(
         torch.tensor(ious, dtype=torch.float64),
         torch.tensor(things),
