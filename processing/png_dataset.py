@@ -43,7 +43,8 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 from tqdm.auto import tqdm
 
-from .png_format import PNG_FEATURES, SKIP_REASONS, PngFormatError, PngFormatReader, SkipReport
+from .png_errors import SKIP_REASONS, PngFormatError, SkipReport
+from .png_format import PNG_FEATURES, PngFormatReader
 
 SPLIT_NAMES = {"train2017": "train", "val2017": "validation", "test2017": "test"}
 """Official split folder -> 🤗 split name."""
@@ -298,7 +299,7 @@ def convert(
 
     Raises:
         `FileExistsError` if `output` exists and not `overwrite`; `FileNotFoundError` for a missing json file;
-        [`~processing.png_format.PngFormatError`] for bad data in strict mode (or an unparsable json file).
+        [`~processing.png_errors.PngFormatError`] for bad data in strict mode (or an unparsable json file).
     """
     output = Path(output)
     if num_proc < 1 or shard_size < 1:

@@ -13,7 +13,7 @@ import yaml
 
 from processing import png_dataset, synthetic
 from processing.png_dataset import convert, dataset_card
-from processing.png_format import PngFormatError
+from processing.png_errors import PngFormatError
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,14 @@ import PIL.Image
 import pytest
 
 from processing import synthetic
-from processing.png_format import (
-    PNG_FEATURES,
+from processing.png_errors import (
     CorruptFileError,
     InconsistentAnnotationError,
     MissingFileError,
     PngFormatError,
-    PngFormatReader,
     UtteranceMismatchError,
-    _json_stream,
-    locate_utterances,
 )
+from processing.png_format import PNG_FEATURES, PngFormatReader, _json_stream, locate_utterances
 
 
 @pytest.fixture(scope="module")
