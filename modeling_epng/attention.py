@@ -71,12 +71,21 @@ def sine_position_embedding(height: int, width: int, channels: int, device=None,
     return grid.reshape(height * width, channels)
 
 
-def flex_fallback_reason(device_type: str, head_dim: int, training: bool) -> str | None:
-    """Why the fused LPA path cannot run on this device (the exact explicit path runs instead), or None if it can."""
-    if device_type == "cpu" and training:
+def flex_fallback_reason(device_type: str, head_dim: int, needs_backward: bool, dropout: float = 0.0) -> str | None:
+    """Why the fused LPA path cannot run here (the exact explicit path runs instead), or None if it can.
+
+    Args:
+        device_type: `"cpu"`, `"cuda"`, ...
+        head_dim: channels per attention head.
+        needs_backward: whether autograd will differentiate through the attention.
+        dropout: the attention-dropout probability in effect (0 in eval mode).
+    """
+    if device_type == "cpu" and needs_backward:
         return "flex_attention has no CPU backward"
     if device_type != "cpu" and head_dim < FLEX_GPU_MIN_HEAD_DIM:
         return f"flex_attention's GPU kernel needs at least {FLEX_GPU_MIN_HEAD_DIM} channels per head, got {head_dim}"
+    if dropout > 0:
+        return "flex_attention has no attention dropout"
     return None
 
 
@@ -161,7 +170,7 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
 
         use_flex = self.use_distance_prior and self.implementation == "flex" and not output_attentions
         if use_flex:
-            reason = flex_fallback_reason(hidden_states.device.type, self.head_dim, torch.is_grad_enabled())
+            reason = flex_fallback_reason(hidden_states.device.type, self.head_dim, torch.is_grad_enabled(), dropout)
             if reason is not None:
                 logger.warning_once(f"lpa_implementation='flex' runs the explicit LPA path instead: {reason}.")
                 use_flex = False

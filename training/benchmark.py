@@ -76,11 +76,14 @@ DEFAULTS = {
 }
 
 
-def unsupported_reason(device: torch.device, dtype: str, lpa: str, training: bool, head_dim: int) -> str | None:
-    """Why a combination cannot run on `device`, or None when it can."""
+def unsupported_reason(
+    device: torch.device, dtype: str, lpa: str, training: bool, attention: EpngLocalityPerceptiveAttention
+) -> str | None:
+    """Why a combination cannot run on `device` with this LPA layer's settings, or None when it can."""
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return "bf16 is not supported by this GPU (needs compute capability >= 8.0)"
-    fallback = flex_fallback_reason(device.type, head_dim, training) if lpa == "flex" else None
+    dropout = attention.attention_dropout if training else 0.0
+    fallback = flex_fallback_reason(device.type, attention.head_dim, training, dropout) if lpa == "flex" else None
     return None if fallback is None else f"{fallback} (the model would fall back to the explicit path)"
 
 
@@ -143,7 +146,6 @@ def section_variants(section: str, model, compiled_model, batch_sizes, make_batc
         step: `(runner, inputs, device, dtype) -> output`, one timed iteration.
     """
     modules = lpa_modules(model)
-    head_dim = modules[0].head_dim
     text_options = (False, True) if args.with_text_encoder and section != "lpa" else (False,)
     variants = []
     for batch_size in batch_sizes:
@@ -166,7 +168,7 @@ def section_variants(section: str, model, compiled_model, batch_sizes, make_batc
                             runner = compiled_model if settings["compiled"] else model
                             return step(runner, inputs, device, settings["dtype"])
 
-                        reason = unsupported_reason(device, dtype, lpa, section == "training", head_dim)
+                        reason = unsupported_reason(device, dtype, lpa, section == "training", modules[0])
                         variants.append(Variant(settings, call, reason))
     return variants
 

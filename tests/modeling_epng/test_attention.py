@@ -84,10 +84,27 @@ def test_flex_path_falls_back_to_explicit_for_cpu_training():
 
 
 def test_flex_fallback_reasons():
-    assert "backward" in flex_fallback_reason("cpu", head_dim=96, training=True)
-    assert flex_fallback_reason("cpu", head_dim=12, training=False) is None  # the CPU kernel takes any head dim
-    assert "at least 16" in flex_fallback_reason("cuda", head_dim=12, training=False)
-    assert flex_fallback_reason("cuda", head_dim=96, training=True) is None
+    assert "backward" in flex_fallback_reason("cpu", head_dim=96, needs_backward=True)
+    assert flex_fallback_reason("cpu", head_dim=12, needs_backward=False) is None  # the CPU kernel takes any head dim
+    assert "at least 16" in flex_fallback_reason("cuda", head_dim=12, needs_backward=False)
+    assert flex_fallback_reason("cuda", head_dim=96, needs_backward=True) is None
+    assert "dropout" in flex_fallback_reason("cuda", head_dim=96, needs_backward=True, dropout=0.1)
+
+
+def test_flex_path_keeps_attention_dropout_in_training():
+    config = EpngConfig(**tiny_config_kwargs(attention_dropout=0.5))
+    attention = EpngLocalityPerceptiveAttention(config).train()
+    tokens = torch.randn(1, 12, config.hidden_size)
+    outputs = {}
+    with torch.no_grad():  # no backward needed: only the dropout keeps flex from running
+        for implementation in ("explicit", "flex"):
+            attention.implementation = implementation
+            torch.manual_seed(0)
+            outputs[implementation] = attention(tokens, (3, 4))[0]
+        attention.eval()
+        without_dropout = attention(tokens, (3, 4))[0]
+    assert torch.equal(outputs["flex"], outputs["explicit"])
+    assert not torch.allclose(outputs["flex"], without_dropout)
 
 
 def test_cross_attention_ignores_padding_phrases_and_survives_zero_phrases():

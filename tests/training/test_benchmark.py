@@ -4,7 +4,10 @@ import json
 
 import pytest
 import torch
+from epng_testing import tiny_config_kwargs
 
+from modeling_epng import EpngConfig
+from modeling_epng.attention import EpngLocalityPerceptiveAttention
 from training import benchmark
 from training.benchmark_timing import COMPARISONS, latency_ratios
 
@@ -80,13 +83,18 @@ def test_breakdown_profile_and_processor(report):
 
 def test_unsupported_combinations_have_reasons(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert "backward" in benchmark.unsupported_reason(cpu, "fp32", "flex", True, head_dim=96)
-    assert benchmark.unsupported_reason(cpu, "bf16", "flex", False, head_dim=12) is None
-    assert benchmark.unsupported_reason(cpu, "fp32", "explicit", True, head_dim=96) is None
+    paper = EpngLocalityPerceptiveAttention(EpngConfig())  # 8 heads of 96 channels
+    narrow = EpngLocalityPerceptiveAttention(EpngConfig(**tiny_config_kwargs()))  # 4 heads of 12 channels
+    assert "backward" in benchmark.unsupported_reason(cpu, "fp32", "flex", True, paper)
+    assert benchmark.unsupported_reason(cpu, "bf16", "flex", False, narrow) is None
+    assert benchmark.unsupported_reason(cpu, "fp32", "explicit", True, paper) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert "bf16" in benchmark.unsupported_reason(cuda, "bf16", "explicit", False, head_dim=96)
-    assert benchmark.unsupported_reason(cuda, "fp32", "flex", True, head_dim=96) is None
-    assert "at least 16 channels" in benchmark.unsupported_reason(cuda, "fp32", "flex", False, head_dim=12)
+    assert "bf16" in benchmark.unsupported_reason(cuda, "bf16", "explicit", False, paper)
+    assert benchmark.unsupported_reason(cuda, "fp32", "flex", True, paper) is None
+    assert "at least 16 channels" in benchmark.unsupported_reason(cuda, "fp32", "flex", False, narrow)
+    paper.attention_dropout = 0.1
+    assert "dropout" in benchmark.unsupported_reason(cuda, "fp32", "flex", True, paper)
+    assert benchmark.unsupported_reason(cuda, "fp32", "flex", False, paper) is None  # eval: no dropout
 
 
 def test_failed_variant_is_reported_not_raised():
