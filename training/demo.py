@@ -165,23 +165,38 @@ def main(argv=None) -> dict:
         table.update({f"num_{name}": None for name in AR_SUBSETS})
         return table
 
-    print(f"\nAverage Recall (%) on the synthetic validation split, {trained['eval_num_phrases']} phrases; "
-          f"training took {training_seconds:.0f} s ({trainer.state.epoch:.1f} epochs):")
-    print(format_average_recall_table(
-        {"untrained": as_table(untrained, "untrained"), "trained": as_table(trained, "eval")}, show_counts=False
-    ))
+    print(
+        f"\nAverage Recall (%) on the synthetic validation split, {trained['eval_num_phrases']} phrases; "
+        f"training took {training_seconds:.0f} s ({trainer.state.epoch:.1f} epochs):"
+    )
+    print(
+        format_average_recall_table(
+            {"untrained": as_table(untrained, "untrained"), "trained": as_table(trained, "eval")}, show_counts=False
+        )
+    )
 
     model_dir = output_dir / "model"
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    results = {"untrained": untrained, "trained": trained, "training_seconds": training_seconds,
-               "epochs": trainer.state.epoch}
+    results = {
+        "untrained": untrained,
+        "trained": trained,
+        "training_seconds": training_seconds,
+        "epochs": trainer.state.epoch,
+    }
     (model_dir / "eval_results.json").write_text(json.dumps(trained, indent=2))
     (output_dir / "demo_results.json").write_text(json.dumps(results, indent=2))
-    overlay = draw_examples(model, processor, [dataset["validation"][i] for i in range(3)],
-                            output_dir / "overlays.png", config.mask_threshold)
-    print(f"model + processor: {model_dir}\noverlays: {overlay}\nper-phrase IoUs and recall curves: "
-          f"{training_args.output_dir}")
+    overlay = draw_examples(
+        model,
+        processor,
+        [dataset["validation"][i] for i in range(3)],
+        output_dir / "overlays.png",
+        config.mask_threshold,
+    )
+    print(
+        f"model + processor: {model_dir}\noverlays: {overlay}\nper-phrase IoUs and recall curves: "
+        f"{training_args.output_dir}"
+    )
     return results
 
 

@@ -31,8 +31,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", required=True, help="trained EPNG folder or Hub id (model + processor)")
     parser.add_argument("--dataset", required=True, help="converted PNG dataset folder or Hub id")
     parser.add_argument("--split", default="validation")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="square input size (multiple of 32); default: the processor's (reference eval: 1216)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="square input size (multiple of 32); default: the processor's (reference eval: 1216)",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=None, help="default: the model's mask_threshold")
     parser.add_argument("--max_samples", type=int, default=None)
@@ -51,8 +55,12 @@ def main(argv=None) -> dict:
     if args.max_samples:
         split = split.select(range(min(args.max_samples, len(split))))
     dataloader = accelerator.prepare(
-        DataLoader(split, batch_size=args.batch_size, num_workers=args.num_workers,
-                   collate_fn=GroundingEvalCollator(EpngCollator(processor)))
+        DataLoader(
+            split,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            collate_fn=GroundingEvalCollator(EpngCollator(processor)),
+        )
     )
     accumulator, _ = evaluate_grounding(
         model, dataloader, processor.post_process_image_grounding, accelerator, args.threshold

@@ -47,8 +47,10 @@ class ModelArguments:
     )
     text_encoder_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Pretrained text encoder (e.g. bert-base-uncased) loaded into a new model; its config "
-                  "replaces the config's text_config and its tokenizer is used unless --tokenizer_name is given."},
+        metadata={
+            "help": "Pretrained text encoder (e.g. bert-base-uncased) loaded into a new model; its config "
+            "replaces the config's text_config and its tokenizer is used unless --tokenizer_name is given."
+        },
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub id."})
     config_overrides: str | None = field(
@@ -80,8 +82,10 @@ class EpngTrainingArguments(TrainingArguments):
     learning_rate: float = field(default=1e-5, metadata={"help": "Base learning rate (paper: 1e-5)."})
     lr_schedule: str = field(
         default="paper",
-        metadata={"help": "'paper' (1e-5, halved after 5 epochs, 5e-7 after 10), 'reference' (the authors' steps), "
-                  "or 'trainer' to use --lr_scheduler_type."},
+        metadata={
+            "help": "'paper' (1e-5, halved after 5 epochs, 5e-7 after 10), 'reference' (the authors' steps), "
+            "or 'trainer' to use --lr_scheduler_type."
+        },
     )
     lr_schedule_epoch_scale: float = field(
         default=1.0, metadata={"help": "Multiplies the schedule's epoch boundaries (e.g. 0.2 for short runs)."}
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--lr_schedule must be one of {[*LR_STEPS, 'trainer']}, got {training_args.lr_schedule!r}")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(
-        "Distributed: %s, Num processes: %d", training_args.distributed_state.distributed_type,
+        "Distributed: %s, Num processes: %d",
+        training_args.distributed_state.distributed_type,
         training_args.world_size,
     )
     set_seed(training_args.seed)

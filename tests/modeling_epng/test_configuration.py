@@ -66,6 +66,5 @@ def test_full_size_parameter_count_is_within_ten_percent_of_the_paper():
     report = model.parameter_report()
     assert abs(report["without_text_encoder"] - PAPER_PARAMETERS) / PAPER_PARAMETERS < 0.10
     assert report["text_encoder"] > 100e6  # BERT-base, excluded from the paper's count
-    assert report["backbone"] + report["fpn"] + report["communicator"] + report["text_projection"] == (
-        report["without_text_encoder"]
-    )
+    parts = ("backbone", "fpn", "communicator", "text_projection")
+    assert sum(report[part] for part in parts) == report["without_text_encoder"]

@@ -130,13 +130,21 @@ def test_frozen_parameters_get_no_gradient_and_do_not_move():
     output.loss.backward()
     optimizer.step()
     moved = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
-    frozen_prefixes = ("phrase_encoder.text_encoder.", "visual_encoder.backbone.embedder.",
-                       "visual_encoder.backbone.encoder.stages.0.", "visual_encoder.backbone.encoder.stages.1.")
+    frozen_prefixes = (
+        "phrase_encoder.text_encoder.",
+        "visual_encoder.backbone.embedder.",
+        "visual_encoder.backbone.encoder.stages.0.",
+        "visual_encoder.backbone.encoder.stages.1.",
+    )
     for name, parameter in model.named_parameters():
         if name.startswith(frozen_prefixes):
             assert not parameter.requires_grad and parameter.grad is None and name not in moved, name
-    for prefix in ("visual_encoder.backbone.encoder.stages.3.", "visual_encoder.lateral_convs.",
-                   "communicator.layers.0.", "phrase_encoder.text_projection."):
+    for prefix in (
+        "visual_encoder.backbone.encoder.stages.3.",
+        "visual_encoder.lateral_convs.",
+        "communicator.layers.0.",
+        "phrase_encoder.text_projection.",
+    ):
         assert any(name.startswith(prefix) for name in moved), prefix
     # frozen batch norms keep their statistics in training mode
     assert all(torch.equal(buffer, dict(model.named_buffers())[name]) for name, buffer in model.named_buffers())
@@ -209,10 +217,21 @@ def test_overfitting_one_tiny_batch_drives_the_loss_down():
 @pytest.mark.parametrize(
     "backbone_config",
     [
-        {"model_type": "convnext", "depths": [1, 1, 1, 1], "hidden_sizes": [16, 24, 32, 48],
-         "out_features": ["stage2", "stage3", "stage4"]},
-        {"model_type": "swin", "image_size": 64, "embed_dim": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
-         "window_size": 2, "out_features": ["stage2", "stage3", "stage4"]},
+        {
+            "model_type": "convnext",
+            "depths": [1, 1, 1, 1],
+            "hidden_sizes": [16, 24, 32, 48],
+            "out_features": ["stage2", "stage3", "stage4"],
+        },
+        {
+            "model_type": "swin",
+            "image_size": 64,
+            "embed_dim": 12,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 2, 2],
+            "window_size": 2,
+            "out_features": ["stage2", "stage3", "stage4"],
+        },
     ],
 )
 def test_other_backbones_plug_in_by_config(backbone_config):
@@ -245,4 +264,6 @@ def test_compiled_model_follows_a_change_of_image_size():
                 "phrase_features": torch.randn(2, 3, model.config.text_config.hidden_size),
                 "phrase_mask": torch.tensor([[True, True, False], [True, False, False]]),
             }
-            torch.testing.assert_close(compiled(**inputs).mask_logits, model(**inputs).mask_logits, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                compiled(**inputs).mask_logits, model(**inputs).mask_logits, atol=1e-5, rtol=1e-4
+            )

@@ -9,8 +9,24 @@ from training.demo import main
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    results = main(["--output_dir", str(tmp_path), "--train", "8", "--val", "3", "--image_size", "64",
-                    "--epochs", "1", "--batch_size", "4", "--config_overrides", "self_attention_type=mhsa"])
+    results = main(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--train",
+            "8",
+            "--val",
+            "3",
+            "--image_size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "4",
+            "--config_overrides",
+            "self_attention_type=mhsa",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| untrained |" in printed and "| trained   |" in printed
     assert results["epochs"] == pytest.approx(1.0)

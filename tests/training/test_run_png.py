@@ -20,10 +20,31 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_args(dataset_dir, config_dir, tokenizer_path, output_dir, *extra):
     return [
-        "--dataset_name", str(dataset_dir), "--config_name", str(config_dir), "--tokenizer_name", tokenizer_path,
-        "--output_dir", str(output_dir), "--image_size", "64", "--per_device_eval_batch_size", "2",
-        "--learning_rate", "1e-3", "--report_to", "none", "--seed", "0", "--use_cpu", "true",
-        "--dataloader_num_workers", "0", "--disable_tqdm", "true", *extra,
+        "--dataset_name",
+        str(dataset_dir),
+        "--config_name",
+        str(config_dir),
+        "--tokenizer_name",
+        tokenizer_path,
+        "--output_dir",
+        str(output_dir),
+        "--image_size",
+        "64",
+        "--per_device_eval_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--use_cpu",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]
 
 
@@ -33,20 +54,41 @@ def total_phrases(dataset_dir, split="validation"):
 
 def test_parse_overrides():
     assert parse_overrides("sal_weight=0,lpa_distance=squared, dropout=0.2") == {
-        "sal_weight": 0, "lpa_distance": "squared", "dropout": 0.2
+        "sal_weight": 0,
+        "lpa_distance": "squared",
+        "dropout": 0.2,
     }
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides("sal_weight")
 
 
-def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path,
-                                                 capsys):
-    base = run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "before", "--do_eval",
-                    "--eval_split", "train")
+def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path, capsys):
+    base = run_args(
+        synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "before", "--do_eval", "--eval_split", "train"
+    )
     before = main(base)
-    after = main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "after", "--do_train",
-                          "--do_eval", "--eval_split", "train", "--max_steps", "30", "--per_device_train_batch_size",
-                          "4", "--save_strategy", "no", "--lr_schedule", "trainer", "--lr_scheduler_type", "constant"))
+    after = main(
+        run_args(
+            synthetic_dataset_dir,
+            tiny_config_dir,
+            minilm_path,
+            tmp_path / "after",
+            "--do_train",
+            "--do_eval",
+            "--eval_split",
+            "train",
+            "--max_steps",
+            "30",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_strategy",
+            "no",
+            "--lr_schedule",
+            "trainer",
+            "--lr_scheduler_type",
+            "constant",
+        )
+    )
     # SAL has a floor of log(#positive pixels) per phrase, so the total falls slowly; the masks improve clearly.
     assert after["eval_loss"] < 0.95 * before["eval_loss"], (before, after)
     assert after["eval_ar_all"] > before["eval_ar_all"] + 5, (before, after)
@@ -60,8 +102,20 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
     assert (output / "model.safetensors").exists() and (output / "processor_config.json").exists()
     assert json.loads((output / "training_args.json").read_text())["dataset_name"] == str(synthetic_dataset_dir)
 
-    table = evaluate_png_main(["--model", str(output), "--dataset", str(synthetic_dataset_dir), "--split", "train",
-                               "--batch_size", "3", "--output_dir", str(tmp_path / "evaluation")])
+    table = evaluate_png_main(
+        [
+            "--model",
+            str(output),
+            "--dataset",
+            str(synthetic_dataset_dir),
+            "--split",
+            "train",
+            "--batch_size",
+            "3",
+            "--output_dir",
+            str(tmp_path / "evaluation"),
+        ]
+    )
     assert table["num_all"] == after["eval_num_phrases"]
     assert table["all"] == pytest.approx(after["eval_ar_all"])
     assert (tmp_path / "evaluation" / "train_phrase_ious.csv").exists()
@@ -69,10 +123,22 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
     assert "Thing" in printed and "Plural" in printed and f"{table['all']:.1f}" in printed
 
 
-def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, tiny_config_dir, minilm_path,
-                                                       tmp_path):
-    common = ["--do_train", "--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1",
-              "--lr_schedule", "paper", "--lr_schedule_epoch_scale", "0.2"]
+def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path):
+    common = [
+        "--do_train",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--lr_schedule",
+        "paper",
+        "--lr_schedule_epoch_scale",
+        "0.2",
+    ]
     main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "full", *common))
     # an interrupted run: only its step-2 checkpoint survived
     interrupted = tmp_path / "interrupted"
@@ -94,21 +160,48 @@ def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, ti
         assert torch.allclose(full[key], resumed[key], atol=1e-6), key
 
 
-def test_two_processes_match_one_process_and_count_each_phrase_once(synthetic_dataset_dir, tiny_config_dir,
-                                                                    minilm_path, tmp_path):
-    common = ["--do_train", "--do_eval", "--max_steps", "3", "--save_strategy", "no", "--lr_schedule", "trainer",
-              "--lr_scheduler_type", "constant"]
+def test_two_processes_match_one_process_and_count_each_phrase_once(
+    synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path
+):
+    common = [
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        "--lr_schedule",
+        "trainer",
+        "--lr_scheduler_type",
+        "constant",
+    ]
     single = tmp_path / "single"
-    main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, single, *common,
-                  "--per_device_train_batch_size", "4"))
+    main(
+        run_args(
+            synthetic_dataset_dir, tiny_config_dir, minilm_path, single, *common, "--per_device_train_batch_size", "4"
+        )
+    )
     double = tmp_path / "double"
     # accelerate 1.x's `--cpu` launcher starts several CPU processes only through mpirun; its torchrun launcher
     # (`--multi_gpu`) starts them on a CPU-only machine too, and `--use_cpu true` makes Trainer use gloo.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "training" / "run_png.py"),
-               *run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, double, *common,
-                         "--per_device_train_batch_size", "2")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "training" / "run_png.py"),
+        *run_args(
+            synthetic_dataset_dir, tiny_config_dir, minilm_path, double, *common, "--per_device_train_batch_size", "2"
+        ),
+    ]
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
