@@ -390,6 +390,13 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
             "without_text_encoder": count(self) - count(self.phrase_encoder.text_encoder),
         }
 
+    def upsample_to_mask_stride(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, K, H/16, W/16) -> (B, K, H/4, W/4), bilinear."""
+        scale = FUSED_STRIDE // MASK_STRIDE
+        return F.interpolate(
+            feature_map, scale_factor=scale, mode="bilinear", align_corners=self.config.upsample_align_corners
+        )
+
     def _check_inputs(self, pixel_values, input_ids, phrase_ids, phrase_mask, phrase_features, mask_labels):
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must have shape (B, 3, H, W), got {tuple(pixel_values.shape)}")
@@ -472,13 +479,11 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         pixel_map, lpa_attentions = self.communicator(
             pixel_map, phrase_embeddings, phrase_mask, output_attentions=bool(output_attentions)
         )
-        pixel_embeddings = F.interpolate(
-            pixel_map,
-            scale_factor=FUSED_STRIDE // MASK_STRIDE,
-            mode="bilinear",
-            align_corners=self.config.upsample_align_corners,
-        )
-        mask_logits = torch.einsum("bpc,bchw->bphw", phrase_embeddings, pixel_embeddings)
+        pixel_embeddings = self.upsample_to_mask_stride(pixel_map)
+        # Bilinear upsampling is linear and the same for every channel, so dotting the phrases with the upsampled map
+        # equals upsampling their dot products with the fused map: 16x fewer multiply-adds, and a form Inductor
+        # compiles when image size and phrase count are both symbolic (the other order fails to lower in torch 2.13).
+        mask_logits = self.upsample_to_mask_stride(torch.einsum("bpc,bchw->bphw", phrase_embeddings, pixel_map))
 
         losses = {}
         if mask_labels is not None:

@@ -251,19 +251,19 @@ def test_unknown_forward_argument_is_an_error():
         model(**make_inputs(), mask_label=torch.zeros(2, 3, 64, 96))
 
 
-def test_compiled_model_follows_a_change_of_image_size():
-    # The second size makes dynamo recompile with symbolic sizes, which every layer must support (adaptive pooling,
-    # once used to fuse P3, did not).
+def test_compiled_model_follows_changes_of_image_size_and_phrase_count():
+    # The second call makes dynamo recompile with symbolic sizes, which every layer must support (adaptive pooling,
+    # once used to fuse P3, did not); training mode so that the losses are compiled too.
     torch._dynamo.reset()
-    model = make_model().eval()
+    model = make_model(attention_dropout=0.0, dropout=0.0)
     compiled = torch.compile(model)
-    with torch.no_grad():
-        for height, width in [(64, 96), (96, 64)]:
-            inputs = {  # phrase features: the text encoder's compilation would only cost time here
-                "pixel_values": torch.randn(2, 3, height, width),
-                "phrase_features": torch.randn(2, 3, model.config.text_config.hidden_size),
-                "phrase_mask": torch.tensor([[True, True, False], [True, False, False]]),
-            }
-            torch.testing.assert_close(
-                compiled(**inputs).mask_logits, model(**inputs).mask_logits, atol=1e-5, rtol=1e-4
-            )
+    for (height, width), num_phrases in [((64, 96), 3), ((96, 64), 2)]:
+        inputs = {  # phrase features: the text encoder's compilation would only cost time here
+            "pixel_values": torch.randn(2, 3, height, width),
+            "phrase_features": torch.randn(2, num_phrases, model.config.text_config.hidden_size),
+            "phrase_mask": torch.ones(2, num_phrases, dtype=torch.bool),
+            "mask_labels": (torch.rand(2, num_phrases, height, width) > 0.5).float(),
+        }
+        compiled_output, eager_output = compiled(**inputs), model(**inputs)
+        torch.testing.assert_close(compiled_output.mask_logits, eager_output.mask_logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(compiled_output.loss, eager_output.loss, atol=1e-4, rtol=1e-4)
