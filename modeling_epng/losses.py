@@ -115,14 +115,14 @@ def prepare_mask_targets(mask_labels: torch.Tensor, size: tuple[int, int], align
     """Resize ground-truth masks to the input size (bilinear) and re-binarise at 0.5 (DESIGN section 4).
 
     Args:
-        mask_labels: (B, P, H', W') 0/1 masks at any resolution.
+        mask_labels: (B, P, H', W') bool or 0/1 float masks at any resolution.
         size: (H, W) of the model input.
 
     Returns:
         (B, P, H, W) bool.
     """
     if tuple(mask_labels.shape[-2:]) == tuple(size):
-        return mask_labels > 0.5
+        return mask_labels if mask_labels.dtype == torch.bool else mask_labels > 0.5
     if mask_labels.shape[1] == 0:
         return mask_labels.new_zeros((*mask_labels.shape[:2], *size), dtype=torch.bool)
     resized = F.interpolate(mask_labels.float(), size=size, mode="bilinear", align_corners=align_corners)

@@ -434,7 +434,7 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         phrase_ids: torch.LongTensor | None = None,
         phrase_mask: torch.BoolTensor | None = None,
-        mask_labels: torch.FloatTensor | None = None,
+        mask_labels: torch.Tensor | None = None,
         phrase_features: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -446,8 +446,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
             phrase_ids (`torch.LongTensor` of shape `(B, T)`): 0-based phrase index of every token, -1 for none.
             phrase_mask (`torch.BoolTensor` of shape `(B, P)`): True for real phrases, False for padding slots.
                 Defaults to `P = max(phrase_ids) + 1` real phrases per sample (or all slots of `phrase_features`).
-            mask_labels (`torch.FloatTensor` of shape `(B, P, H', W')`, *optional*): 0/1 ground-truth masks at any
-                resolution; they are resized to H x W (bilinear, re-binarised at 0.5) for the loss.
+            mask_labels (`torch.BoolTensor` or 0/1 `torch.FloatTensor` of shape `(B, P, H', W')`, *optional*):
+                ground-truth masks at any resolution; they are resized to H x W (bilinear, re-binarised at 0.5) for
+                the loss.
             phrase_features (`torch.FloatTensor` of shape `(B, P, D_text)`, *optional*): pooled text-encoder
                 features; when given, the text encoder is skipped (cached-feature training).
             output_attentions (`bool`, *optional*): return the LPA probabilities of every layer.

@@ -69,7 +69,7 @@ class EpngCollator:
 
     Output keys:
         - model inputs: `pixel_values` `(B, 3, H, W)`, `input_ids`, `attention_mask`, `phrase_ids` `(B, T)`,
-          `phrase_mask` `(B, P)`, and `mask_labels` float 0/1 `(B, P, H, W)` at the model input size when
+          `phrase_mask` `(B, P)`, and `mask_labels` boolean `(B, P, H, W)` at the model input size when
           `return_targets`;
         - metadata ([`METADATA_KEYS`], absent with `model_inputs_only`): `original_sizes` long `(B, 2)` (the
           `(H, W)` at which ground truth is scored), `phrase_is_thing` and `phrase_is_plural` bool `(B, P)`,

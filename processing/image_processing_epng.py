@@ -271,7 +271,7 @@ class EpngImageProcessor(BaseImageProcessor):
             [`BatchFeature`] with
             - `pixel_values`: float `(B, 3, height, width)`;
             - `original_sizes`: list of `(H, W)` per image (after EXIF orientation);
-            - `mask_labels` (when targets are given): list of float 0/1 tensors `(P_i, height, width)`, one per image
+            - `mask_labels` (when targets are given): list of boolean tensors `(P_i, height, width)`, one per image
               (images have different phrase counts; [`EpngProcessor`] pads them).
         """
         image_like_kwargs = {
@@ -367,7 +367,7 @@ class EpngImageProcessor(BaseImageProcessor):
                 phrase_segment_ids[index],
                 size=tuple(pixel_values[index].shape[-2:]),
                 known_segment_ids=None if known_segment_ids is None else known_segment_ids[index],
-            ).to(torch.float32)
+            )
             for index in range(batch_size)
         ]
 

@@ -160,7 +160,7 @@ class EpngProcessor(ProcessorMixin):
         Returns:
             [`BatchFeature`] with, as present: `pixel_values` float `(B, 3, H, W)`; `input_ids`, `attention_mask`
             `(B, T)`; `phrase_ids` long `(B, T)` (phrase index of each token, -1 for none); `phrase_mask` bool
-            `(B, P)` (P = largest phrase count of the batch); `mask_labels` float 0/1 `(B, P, H, W)` (zeros in
+            `(B, P)` (P = largest phrase count of the batch); `mask_labels` boolean `(B, P, H, W)` (zeros in
             padding slots); `original_sizes`.
         """
         if return_tensors not in ("pt", "np"):
@@ -271,7 +271,7 @@ class EpngProcessor(ProcessorMixin):
     def _pad_mask_labels(mask_labels: list[torch.Tensor], num_phrase_slots: int) -> torch.Tensor:
         """Per-image `(P_i, H, W)` targets → `(B, P, H, W)` with zero masks in padding slots."""
         height, width = mask_labels[0].shape[-2:]
-        padded = torch.zeros(len(mask_labels), num_phrase_slots, height, width, dtype=torch.float32)
+        padded = torch.zeros(len(mask_labels), num_phrase_slots, height, width, dtype=torch.bool)
         for index, labels in enumerate(mask_labels):
             padded[index, : labels.shape[0]] = labels
         return padded

@@ -105,6 +105,16 @@ def test_loss_is_finite_for_empty_masks_and_phrase_less_samples():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("size", [(64, 96), (32, 48)])
+def test_boolean_and_float_mask_labels_give_the_same_loss(size):
+    model = make_model().eval()
+    labels = torch.rand(2, 3, *size) > 0.5
+    with torch.no_grad():
+        from_bool = model(**make_inputs(), mask_labels=labels)
+        from_float = model(**make_inputs(), mask_labels=labels.float())
+    assert torch.equal(from_bool.loss, from_float.loss) and torch.isfinite(from_bool.loss)
+
+
 def test_all_samples_without_phrases_give_zero_loss():
     model = make_model().train()
     inputs = make_inputs()

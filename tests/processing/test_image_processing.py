@@ -198,7 +198,7 @@ def test_mask_labels_single_and_plural(image_processor):
         return_tensors="pt",
     )
     (mask_labels,) = outputs["mask_labels"]
-    assert mask_labels.shape == (2, 64, 96) and mask_labels.dtype == torch.float32
+    assert mask_labels.shape == (2, 64, 96) and mask_labels.dtype == torch.bool
     assert set(mask_labels.unique().tolist()) == {0.0, 1.0}
     singular, plural = mask_labels
     assert singular[:, :48].all() and not singular[:, 48:].any()
