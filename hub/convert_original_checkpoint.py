@@ -51,8 +51,6 @@ import logging
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +60,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+from processing.output_dirs import check_output_dir, staged_output_dir
 
 from .remote_code import add_remote_code
 
@@ -309,29 +308,6 @@ def load_original_state_dict(checkpoint_path: str | os.PathLike, allow_pickle: b
     return dict(checkpoint)
 
 
-def _write_atomically(output_dir: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
-    """Run `write` into a temporary sibling of `output_dir`, then move it into place; on failure remove it."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    replaced = None
-    try:
-        write(staging)
-        if output_dir.exists():
-            if not overwrite:
-                raise FileExistsError(f"{output_dir} appeared during the conversion; pass overwrite=True to replace it")
-            replaced = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
-            os.replace(output_dir, replaced / output_dir.name)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if replaced is not None and not output_dir.exists():
-            os.replace(replaced / output_dir.name, output_dir)
-        raise
-    finally:
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
-
-
 def convert_checkpoint(
     checkpoint_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -375,8 +351,7 @@ def convert_checkpoint(
         `Path`: the written folder.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    check_output_dir(output_dir, overwrite)
     # Everything is loaded and checked in memory first, so a failure never touches the file system.
     original_state_dict = load_original_state_dict(checkpoint_path, allow_pickle)
     text_config = AutoConfig.from_pretrained(text_encoder) if config is None and text_encoder is not None else None
@@ -402,14 +377,12 @@ def convert_checkpoint(
     else:
         logger.warning("No tokenizer given: the folder holds the model only, without a processor")
 
-    def write(folder: Path) -> None:
+    with staged_output_dir(output_dir, overwrite) as folder:
         model.save_pretrained(folder)
         if processor is not None:
             processor.save_pretrained(folder)
         if remote_code:
             add_remote_code(folder)
-
-    _write_atomically(output_dir, overwrite, write)
     logger.info("Wrote the converted model to %s", output_dir)
     return output_dir
 

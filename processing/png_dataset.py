@@ -26,10 +26,8 @@ import math
 import multiprocessing
 import os
 import queue
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 from tqdm.auto import tqdm
 
+from .output_dirs import staged_output_dir
 from .png_errors import SKIP_REASONS, PngFormatError, SkipReport
 from .png_format import PNG_FEATURES, PngFormatReader
 
@@ -254,23 +253,6 @@ def _plan_shards(reader, split_name, data_dir, num_proc, shard_size, strict) -> 
     ]
 
 
-def _move_into_place(staging: Path, output: Path) -> None:
-    """Renames the finished `staging` folder to `output`, replacing an existing `output` (overwrite mode)."""
-    if not output.exists() and not output.is_symlink():
-        os.rename(staging, output)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.replaced-", dir=output.parent))
-    old = trash / output.name
-    os.rename(output, old)
-    try:
-        os.rename(staging, output)
-    except BaseException:
-        os.rename(old, output)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
 def convert(
     root,
     output,
@@ -307,15 +289,8 @@ def convert(
     split_names = [SPLIT_NAMES.get(split, split) for split in splits]
     if len(set(split_names)) != len(split_names):
         raise ValueError(f"splits {list(splits)} map to duplicate dataset split names {split_names}")
-    if (output.exists() or output.is_symlink()) and not overwrite:
-        raise FileExistsError(f"output {output} already exists; pass --overwrite (overwrite=True) to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.incomplete-", dir=output.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes the folder private; the result should not be
+    with staged_output_dir(output, overwrite) as staging:
         data_dir = staging / "data"
         data_dir.mkdir()
         readers, tasks = {}, []
@@ -333,10 +308,6 @@ def convert(
             summaries[SPLIT_NAMES.get(shard_summary.source_split, shard_summary.source_split)].merge(shard_summary)
         summary = ConversionSummary(str(output), summaries, time.perf_counter() - started)
         (staging / "README.md").write_text(dataset_card(summary), encoding="utf-8")
-        _move_into_place(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
 

@@ -20,9 +20,6 @@ import io
 import itertools
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 from PIL import Image
 
+from .output_dirs import check_output_dir, staged_output_dir
 from .refer_format import ReferReader
 
 logger = logging.getLogger(__name__)
@@ -148,21 +146,6 @@ The annotations and COCO images keep the terms of their original releases.
 """
 
 
-def _move_into_place(staging_dir: Path, output_dir: Path) -> None:
-    """Rename the finished `staging_dir` to `output_dir`; an existing output is removed only once replaced."""
-    if not output_dir.exists():
-        staging_dir.rename(output_dir)
-        return
-    previous = staging_dir.with_name(staging_dir.name.replace(".partial-", ".replaced-"))
-    output_dir.rename(previous)
-    try:
-        staging_dir.rename(output_dir)
-    except BaseException:
-        previous.rename(output_dir)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def convert_refer_to_hf(
     refer_root: str | Path,
     dataset: str,
@@ -193,28 +176,17 @@ def convert_refer_to_hf(
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    check_output_dir(output_dir, overwrite)
     reader = ReferReader(refer_root, dataset, split_by=split_by, images_dir=images_dir)
     splits = reader.check_splits(splits if splits is not None else reader.evaluation_splits)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Same parent folder: the final rename stays on one file system, hence atomic.
-    staging_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging_dir, 0o777 & ~umask)  # mkdtemp makes the folder private; the output should not be
+    with staged_output_dir(output_dir, overwrite) as staging_dir:
         (staging_dir / "data").mkdir()
         split_infos = []
         for split in splits:
             split_infos.append(_write_split(reader, split, staging_dir / "data", rows_per_shard))
             logger.info("%s %s: %d sentences", dataset, split, split_infos[-1].num_examples)
         (staging_dir / "README.md").write_text(_dataset_card(reader, split_infos), encoding="utf-8")
-        _move_into_place(staging_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(staging_dir, ignore_errors=True)
-        raise
     return output_dir
 
 
