@@ -16,6 +16,8 @@ from training.evaluate_png import main as evaluate_png_main
 from training.run_png import main, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
+# Short runs whose result should not depend on the paper's epoch-based schedule, and that need no checkpoint.
+CONSTANT_LR_NO_CHECKPOINTS = ["--save_strategy", "no", "--lr_schedule", "trainer", "--lr_scheduler_type", "constant"]
 
 
 def run_args(dataset_dir, config_dir, tokenizer_path, output_dir, *extra):
@@ -81,12 +83,7 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
             "30",
             "--per_device_train_batch_size",
             "4",
-            "--save_strategy",
-            "no",
-            "--lr_schedule",
-            "trainer",
-            "--lr_scheduler_type",
-            "constant",
+            *CONSTANT_LR_NO_CHECKPOINTS,
         )
     )
     # SAL has a floor of log(#positive pixels) per phrase, so the total falls slowly; the masks improve clearly.
@@ -163,18 +160,7 @@ def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, ti
 def test_two_processes_match_one_process_and_count_each_phrase_once(
     synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path
 ):
-    common = [
-        "--do_train",
-        "--do_eval",
-        "--max_steps",
-        "3",
-        "--save_strategy",
-        "no",
-        "--lr_schedule",
-        "trainer",
-        "--lr_scheduler_type",
-        "constant",
-    ]
+    common = ["--do_train", "--do_eval", "--max_steps", "3", *CONSTANT_LR_NO_CHECKPOINTS]
     single = tmp_path / "single"
     main(
         run_args(
