@@ -152,6 +152,16 @@ def _array_to_rgb_tensor(
     return tensor.expand(3, -1, -1) if num_channels == 1 else tensor[:3]
 
 
+def segment_union_masks(id_map: np.ndarray, phrase_segment_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """(P, H, W) bool: per phrase, the pixels of `id_map` whose segment id is one of the phrase's ids."""
+    masks = np.zeros((len(phrase_segment_ids), *id_map.shape), dtype=bool)
+    for mask, segment_ids in zip(masks, phrase_segment_ids, strict=True):
+        # One equality pass per id: a phrase has a few ids, where this is about 2.5x faster than np.isin.
+        for segment_id in segment_ids:
+            np.logical_or(mask, id_map == int(segment_id), out=mask)
+    return masks
+
+
 def _to_rgb_tensor(image: Any, input_data_format: ChannelDimension | str | None) -> tuple[torch.Tensor, bool]:
     """One image → (float `(3, H, W)` tensor, whether its values are integers on the 0–255 scale)."""
     if isinstance(image, Image.Image):
@@ -412,12 +422,14 @@ class EpngImageProcessor(BaseImageProcessor):
                 )
         if size is not None and tuple(size) != id_map.shape:
             id_map = resize_id_map(id_map, *size)
-        masks = np.zeros((len(phrase_segment_ids), *id_map.shape), dtype=bool)
-        for mask, segment_ids in zip(masks, phrase_segment_ids, strict=True):
-            # One equality pass per id: a phrase has a few ids, where this is about 2.5x faster than np.isin.
-            for segment_id in segment_ids:
-                np.logical_or(mask, id_map == int(segment_id), out=mask)
-        return torch.from_numpy(masks)
+        return torch.from_numpy(segment_union_masks(id_map, phrase_segment_ids))
 
 
-__all__ = ["EPNG_IMAGE_MEAN", "EPNG_IMAGE_STD", "EpngImageProcessor", "decode_panoptic_map", "resize_id_map"]
+__all__ = [
+    "EPNG_IMAGE_MEAN",
+    "EPNG_IMAGE_STD",
+    "EpngImageProcessor",
+    "decode_panoptic_map",
+    "resize_id_map",
+    "segment_union_masks",
+]

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from processing.collate import EpngCollator, as_records, pop_metadata
-from processing.image_processing_epng import decode_panoptic_map
+from processing.image_processing_epng import decode_panoptic_map, segment_union_masks
 
 from .metrics import PhraseIouAccumulator, mask_iou
 
@@ -46,13 +46,6 @@ class GroundingEvalCollator:
             for example in examples
         ]
         return batch
-
-
-def phrase_ground_truth(id_map: np.ndarray, phrase_segment_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(P, H, W) bool: each phrase's mask, the union of its segments in the id map."""
-    if not phrase_segment_ids:
-        return torch.zeros((0, *id_map.shape), dtype=torch.bool)
-    return torch.from_numpy(np.stack([np.isin(id_map, list(ids)) for ids in phrase_segment_ids]))
 
 
 @torch.no_grad()
@@ -99,7 +92,7 @@ def evaluate_grounding(
                 continue
             predicted = post_process(outputs.mask_logits[index, :num_phrases], id_map.shape, threshold)["masks"]
             predicted = predicted.cpu() & inputs["phrase_mask"][index, :num_phrases].cpu()[:, None, None]
-            ious = mask_iou(predicted, phrase_ground_truth(id_map, phrase_segment_ids))
+            ious = mask_iou(predicted, torch.from_numpy(segment_union_masks(id_map, phrase_segment_ids)))
             accumulator.add(
                 ious,
                 metadata["phrase_is_thing"][index, :num_phrases],
