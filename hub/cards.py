@@ -21,6 +21,7 @@ The YAML header is rendered by `huggingface_hub.ModelCardData`, so it always par
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,30 +271,31 @@ def _evaluation_history_table(state: dict[str, Any]) -> str | None:
         if f"{EVAL_PREFIX}ar_all" not in entry:
             continue
         rows.append(
-            "| {epoch} | {step} | {train_loss} | {eval_loss} | {ar} |".format(
-                epoch=f"{entry['epoch']:.2f}" if "epoch" in entry else "–",
-                step=entry.get("step", "–"),
-                train_loss=f"{last_loss:.4f}" if last_loss is not None else "–",
-                eval_loss=f"{entry[f'{EVAL_PREFIX}loss']:.4f}" if f"{EVAL_PREFIX}loss" in entry else "–",
-                ar=f"{entry[f'{EVAL_PREFIX}ar_all']:.1f}",
+            (
+                f"{entry['epoch']:.2f}" if "epoch" in entry else "–",
+                str(entry.get("step", "–")),
+                f"{last_loss:.4f}" if last_loss is not None else "–",
+                f"{entry[f'{EVAL_PREFIX}loss']:.4f}" if f"{EVAL_PREFIX}loss" in entry else "–",
+                f"{entry[f'{EVAL_PREFIX}ar_all']:.1f}",
             )
         )
     if not rows:
         return None
-    header = "| Epoch | Step | Training loss | Validation loss | AR All (%) |\n|---:|---:|---:|---:|---:|"
-    return "\n".join([header, *rows])
+    headers = ("Epoch", "Step", "Training loss", "Validation loss", "AR All (%)")
+    return _markdown_table(headers, rows, numeric=True)
 
 
-def _markdown_table(rows: list[tuple[str, str]], headers: tuple[str, str]) -> str:
-    lines = [f"| {headers[0]} | {headers[1]} |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: bool = False) -> str:
+    """A Markdown table; `numeric` right-aligns every column."""
+    separator = "|" + "|".join(["---:" if numeric else "---"] * len(headers)) + "|"
+    lines = [f"| {' | '.join(headers)} |", separator]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines)
 
 
 def _metrics_table(metrics: dict[str, float]) -> str:
-    titles = " | ".join(title for _, title in AR_SUBSETS)
-    values = " | ".join(f"{metrics[subset]:.1f}" if subset in metrics else "–" for subset, _ in AR_SUBSETS)
-    return f"| {titles} |\n|{'---:|' * len(AR_SUBSETS)}\n| {values} |"
+    values = [f"{metrics[subset]:.1f}" if subset in metrics else "–" for subset, _ in AR_SUBSETS]
+    return _markdown_table([title for _, title in AR_SUBSETS], [values], numeric=True)
 
 
 def _eval_results(metrics: dict[str, float], datasets: list[str] | None) -> list[EvalResult]:
@@ -405,16 +407,16 @@ def model_card(
     sections += ["## How to use", installation, USAGE_TEMPLATE.format(model_id=model_name)]
     architecture = _architecture_rows(config)
     if architecture:
-        sections += ["## Model architecture", _markdown_table(architecture, ("Component", "Configuration"))]
+        sections += ["## Model architecture", _markdown_table(("Component", "Configuration"), architecture)]
     training_rows = _training_args_rows(training_args) if training_args else []
     state_rows = _trainer_state_rows(trainer_state) if trainer_state else []
     evaluation_history = _evaluation_history_table(trainer_state) if trainer_state else None
     if training_rows or state_rows or evaluation_history:
         sections.append("## Training")
         if training_rows:
-            sections += ["### Hyper-parameters", _markdown_table(training_rows, ("Hyper-parameter", "Value"))]
+            sections += ["### Hyper-parameters", _markdown_table(("Hyper-parameter", "Value"), training_rows)]
         if state_rows:
-            sections += ["### Training run", _markdown_table(state_rows, ("Quantity", "Value"))]
+            sections += ["### Training run", _markdown_table(("Quantity", "Value"), state_rows)]
         if evaluation_history:
             sections += ["### Evaluations during training", evaluation_history]
     sections += ["## Citation", CITATIONS]
