@@ -1,11 +1,11 @@
 """Command line of the `hub` package: share EPNG checkpoints and PNG datasets on the Hugging Face Hub.
 
-    python -m hub push-model DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
-                                 [--token T] [--dry-run] [--license LICENSE] [--dataset ID ...] [--keep-readme]
-                                 [--no-remote-code]
-    python -m hub push-dataset DIR --repo-id ORG/NAME [--private] [--revision BRANCH] [--commit-message MSG]
-                                   [--token T] [--dry-run]
-    python -m hub model-card DIR [--repo-id ORG/NAME] [--license LICENSE] [--dataset ID ...] [--output FILE]
+    python -m hub push-model DIR --repo_id ORG/NAME [--private] [--revision BRANCH] [--commit_message MSG]
+                                 [--token T] [--dry_run] [--license LICENSE] [--dataset_name ID ...] [--keep_readme]
+                                 [--no_remote_code]
+    python -m hub push-dataset DIR --repo_id ORG/NAME [--private] [--revision BRANCH] [--commit_message MSG]
+                                   [--token T] [--dry_run]
+    python -m hub model-card DIR [--repo_id ORG/NAME] [--license LICENSE] [--dataset_name ID ...] [--output_file FILE]
 
 Exit status: 0 on success, 2 for a folder or argument that cannot be pushed, 1 when the Hub refuses or fails.
 """
@@ -22,7 +22,7 @@ from .push import push_dataset, push_model
 
 def _add_push_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("folder", type=Path, help=f"local {kind} folder to upload")
-    parser.add_argument("--repo-id", required=True, help="target repository on the Hub, ORG/NAME")
+    parser.add_argument("--repo_id", required=True, help="target repository on the Hub, ORG/NAME")
     parser.add_argument(
         "--private",
         action="store_true",
@@ -30,12 +30,12 @@ def _add_push_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         help="create the repository private (ignored if it already exists; default: the Hub's default visibility)",
     )
     parser.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
-    parser.add_argument("--commit-message", help="commit message (default: a short 'Upload ...' message)")
+    parser.add_argument("--commit_message", help="commit message (default: a short 'Upload ...' message)")
     parser.add_argument(
         "--token", help="Hub token with write access (default: the HF_TOKEN variable, else the saved `hf auth login`)"
     )
     parser.add_argument(
-        "--dry-run",
+        "--dry_run",
         action="store_true",
         help="print the target and the exact files that would be uploaded; write nothing, contact nothing",
     )
@@ -46,7 +46,7 @@ def _add_card_arguments(parser: argparse.ArgumentParser) -> None:
         "--license", default=DEFAULT_LICENSE, help=f"license of the weights in the card (default: {DEFAULT_LICENSE})"
     )
     parser.add_argument(
-        "--dataset",
+        "--dataset_name",
         dest="datasets",
         action="append",
         metavar="ID",
@@ -71,12 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push_arguments(push_model_parser, "checkpoint")
     _add_card_arguments(push_model_parser)
     push_model_parser.add_argument(
-        "--keep-readme",
+        "--keep_readme",
         action="store_true",
         help="upload the folder's README.md as it is instead of regenerating the model card",
     )
     push_model_parser.add_argument(
-        "--no-remote-code",
+        "--no_remote_code",
         action="store_true",
         help="do not add the EPNG code files + auto_map that let users load the model with trust_remote_code=True",
     )
@@ -95,19 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render the README.md model card of an EPNG checkpoint folder (to preview it before a push).",
     )
     card_parser.add_argument("folder", type=Path, help="checkpoint folder")
-    card_parser.add_argument("--repo-id", help="Hub id used as model name and in the usage snippet (default: folder)")
+    card_parser.add_argument("--repo_id", help="Hub id used as model name and in the usage snippet (default: folder)")
     _add_card_arguments(card_parser)
-    card_parser.add_argument("--output", help="file to write, '-' for standard output (default: FOLDER/README.md)")
+    card_parser.add_argument("--output_file", help="file to write, '-' for standard output (default: FOLDER/README.md)")
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "model-card":
         card = model_card(args.folder, args.repo_id, datasets=args.datasets, license=args.license)
-        if args.output == "-":
+        if args.output_file == "-":
             print(card, end="")
             return
-        output = Path(args.output) if args.output else args.folder / "README.md"
+        output = Path(args.output_file) if args.output_file else args.folder / "README.md"
         output.write_text(card, encoding="utf-8")
         print(f"Model card written to {output}")
         return

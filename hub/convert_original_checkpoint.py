@@ -8,7 +8,7 @@ so the text encoder is not in the checkpoint: it is loaded from `--text_encoder`
 Usage:
 
 ```bash
-python -m hub.convert_original_checkpoint --checkpoint best_checkpoint.pth --output epng-png-reference
+python -m hub.convert_original_checkpoint --checkpoint best_checkpoint.pth --output_dir epng-png-reference
 ```
 
 Key mapping (source → [`EpngForPanopticNarrativeGrounding`]; `N` = ResNet layer 1-4, `i` = block, `K` = conv 1-3,
@@ -393,7 +393,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Convert an EPNG checkpoint released by the authors into a from_pretrained-ready folder.",
     )
     parser.add_argument("--checkpoint", required=True, help="The authors' checkpoint (e.g. best_checkpoint.pth).")
-    parser.add_argument("--output", required=True, help="Folder to write; must not exist unless --overwrite.")
+    parser.add_argument("--output_dir", required=True, help="Folder to write; must not exist unless --overwrite.")
     text = parser.add_mutually_exclusive_group()
     text.add_argument(
         "--text_encoder",
@@ -432,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     convert_checkpoint(
         args.checkpoint,
-        args.output,
+        args.output_dir,
         config=EpngConfig.from_pretrained(args.config) if args.config else None,
         text_encoder=None if args.no_text_encoder else args.text_encoder,
         tokenizer=args.tokenizer,

@@ -130,7 +130,7 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise HubInputError(f"invalid --repo-id {repo_id!r}: {error}") from error
+        raise HubInputError(f"invalid --repo_id {repo_id!r}: {error}") from error
 
 
 def _check_folder_exists(folder: Path) -> None:

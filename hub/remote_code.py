@@ -23,7 +23,7 @@ What [`add_remote_code`] does:
 
 - copies the files that define `EpngConfig`, `EpngForPanopticNarrativeGrounding`, `EpngProcessor` and
   `EpngImageProcessor` (`configuration_epng.py`, `modeling_epng.py`, `processing_epng.py`, `image_processing_epng.py`)
-  and, recursively, every file they import relatively (`attention.py`, `losses.py`): transformers' loader copies
+  and, recursively, every file they import relatively (`attention.py`, `communicator.py`, `losses.py`): transformers' loader copies
   exactly that closure into its `transformers_modules` cache. The files are copied from the installed package at save
   time, so the package stays their only source.
 - writes `auto_map` into `config.json` (`AutoConfig`, `AutoModel`), into `processor_config.json` (`AutoProcessor`,

@@ -13,8 +13,8 @@ __all__ = ["EpngConfig", "EpngForPanopticNarrativeGrounding", "EpngOutput", "Epn
 # Processing classes (registered here so that `import modeling_epng` is all AutoImageProcessor/AutoProcessor need).
 from transformers import AutoImageProcessor, AutoProcessor  # noqa: E402
 
-from processing.image_processing_epng import EpngImageProcessor  # noqa: E402
-from processing.processing_epng import EpngProcessor  # noqa: E402
+from modeling_epng.image_processing_epng import EpngImageProcessor  # noqa: E402
+from modeling_epng.processing_epng import EpngProcessor  # noqa: E402
 
 # One implementation (PyTorch, no torchvision needed) serves both backend names, so AutoImageProcessor resolves it
 # without a backend-fallback warning whether or not torchvision is installed.

@@ -112,7 +112,7 @@ def semantic_alignment_loss(
 
 
 def prepare_mask_targets(mask_labels: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
-    """Resize ground-truth masks to the input size (bilinear) and re-binarise at 0.5 (DESIGN section 4).
+    """Resize ground-truth masks to the input size (bilinear) and re-binarise at 0.5.
 
     Args:
         mask_labels: (B, P, H', W') bool or 0/1 float masks at any resolution.

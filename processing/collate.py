@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 
-from .processing_epng import EpngProcessor
+from modeling_epng.processing_epng import EpngProcessor
 
 METADATA_KEYS = ("original_sizes", "phrase_is_thing", "phrase_is_plural", "image_ids", "narrative_indices")
 """Keys of [`EpngCollator`]'s output that are not model inputs; pop them (see [`pop_metadata`]) before

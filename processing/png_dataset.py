@@ -1,8 +1,8 @@
 """Converts the official PNG benchmark files into a 🤗 dataset folder: parquet shards + a README dataset card.
 
 ```
-python -m processing.png_dataset --root ROOT --output DIR [--splits train2017 val2017] [--num-proc N]
-                                 [--strict] [--overwrite] [--shard-size 1000]
+python -m processing.png_dataset --root ROOT --output_dir DIR [--splits train2017 val2017] [--num_proc N]
+                                 [--strict] [--overwrite] [--rows_per_shard 1000]
 ```
 
 The folder loads with ``datasets.load_dataset(DIR)`` as a `DatasetDict` (``train2017`` → ``"train"``, ``val2017`` →
@@ -11,7 +11,7 @@ embedded as bytes, so the folder is self-contained and can be pushed to the Hub 
 
 - Streaming: every shard is written by a `pyarrow.parquet.ParquetWriter` in row groups of `WRITE_BATCH_SIZE`
   examples, so memory does not grow with the number of narratives; a shard holds at most `shard_size` narratives.
-- Parallelism: ``--num-proc N`` converts shards in N spawned worker processes (each builds its own split index);
+- Parallelism: ``--num_proc N`` converts shards in N spawned worker processes (each builds its own split index);
   a script calling `convert(num_proc > 1)` needs the usual ``if __name__ == "__main__":`` guard.
 - Atomicity: everything is written to a hidden temporary folder next to DIR, renamed to DIR only when complete;
   on any error or Ctrl-C the temporary folder is removed and DIR is left untouched.
@@ -239,7 +239,7 @@ def _run_parallel(root, tasks, num_proc, bar) -> list[SplitSummary]:
 
 def _plan_shards(reader, split_name, data_dir, num_proc, shard_size, strict) -> list[_ShardTask]:
     num_narratives = len(reader)
-    # At least one shard per process (when there are enough narratives) so that --num-proc really parallelises.
+    # At least one shard per process (when there are enough narratives) so that --num_proc really parallelises.
     num_shards = max(1, math.ceil(num_narratives / shard_size), min(num_proc, num_narratives))
     return [
         _ShardTask(
@@ -429,29 +429,31 @@ def dataset_card(
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Convert the official PNG benchmark files into a 🤗 dataset folder.")
     parser.add_argument("--root", required=True, help="benchmark root holding images/ and annotations/")
-    parser.add_argument("--output", required=True, help="dataset folder to create")
+    parser.add_argument("--output_dir", required=True, help="dataset folder to create")
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="official split folders")
-    parser.add_argument("--num-proc", type=int, default=1, help="worker processes")
+    parser.add_argument("--num_proc", type=int, default=1, help="worker processes")
     parser.add_argument("--strict", action="store_true", help="fail on the first bad narrative instead of skipping")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="max narratives per parquet file")
+    parser.add_argument(
+        "--rows_per_shard", type=int, default=DEFAULT_SHARD_SIZE, help="max narratives per parquet file"
+    )
     args = parser.parse_args(argv)
     try:
         summary = convert(
             args.root,
-            args.output,
+            args.output_dir,
             splits=args.splits,
             num_proc=args.num_proc,
             strict=args.strict,
             overwrite=args.overwrite,
-            shard_size=args.shard_size,
+            shard_size=args.rows_per_shard,
         )
     except (PngFormatError, FileExistsError, FileNotFoundError, ValueError) as error:
         mode = " (strict mode)" if args.strict and isinstance(error, PngFormatError) else ""
-        print(f"error{mode}: {error}\nNothing was written to {args.output}.", file=sys.stderr)
+        print(f"error{mode}: {error}\nNothing was written to {args.output_dir}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: nothing was written to {args.output}.", file=sys.stderr)
+        print(f"interrupted: nothing was written to {args.output_dir}.", file=sys.stderr)
         return 130
     print(summary.format())
     return 0

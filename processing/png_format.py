@@ -1,4 +1,4 @@
-"""Reader for the official Panoptic Narrative Grounding (PNG) benchmark files (DESIGN.md §5).
+"""Reader for the official Panoptic Narrative Grounding (PNG) benchmark files.
 
 The benchmark of González et al. (ICCV 2021) stores, for a split such as ``train2017``::
 
@@ -17,7 +17,7 @@ Decisions that the rest of the project relies on:
 - A *grounded phrase* is a segment with ``noun`` true and a non-empty ``segment_ids``; nouns without segments and
   glue words do not become phrases. Narratives without any grounded phrase are skipped (reason
   ``"no_grounded_phrase"``), never an error.
-- ``is_plural`` is the ``plural`` flag of the annotation (DESIGN §5).
+- ``is_plural`` is the ``plural`` flag of the annotation.
 - ``is_thing`` is the ``isthing`` flag of the category of the phrase's **last** listed segment. For phrases whose
   segments are all things or all stuff (the normal case) this is simply "thing"/"stuff"; for the rare mixed
   phrases it reproduces the reference PNG evaluation code, which overwrites the phrase category segment by

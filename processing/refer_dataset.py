@@ -6,8 +6,8 @@ folder can be pushed to the Hub as is. Images and masks are embedded (PNG masks,
 
 Usage::
 
-    python -m processing.refer_dataset --refer_root data/refer --dataset refcoco \
-        --images_dir data/coco/train2014 --output data/refcoco_hf [--splits val testA testB]
+    python -m processing.refer_dataset --refer_root data/refer --dataset_name refcoco \
+        --images_dir data/coco/train2014 --output_dir data/refcoco_hf [--splits val testA testB]
 
 Rows are written shard by shard as they are read (at most one row group of masks in memory) into a temporary
 folder next to the output, which is moved into place only once complete: a failed run leaves no partial output.
@@ -195,8 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--refer_root", required=True, help="folder with <dataset>/refs(<split_by>).p and instances.json"
     )
-    parser.add_argument("--dataset", required=True, help="refcoco, refcoco+ or refcocog")
-    parser.add_argument("--output", required=True, help="dataset folder to create")
+    parser.add_argument("--dataset_name", required=True, help="refcoco, refcoco+ or refcocog")
+    parser.add_argument("--output_dir", required=True, help="dataset folder to create")
     parser.add_argument(
         "--images_dir", default=None, help="COCO 2014 train images (default: REFER_ROOT/images/train2014)"
     )
@@ -209,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         output = convert_refer_to_hf(
             args.refer_root,
-            args.dataset,
-            args.output,
+            args.dataset_name,
+            args.output_dir,
             images_dir=args.images_dir,
             splits=args.splits,
             split_by=args.split_by,

@@ -8,7 +8,7 @@ On-disk layout (as distributed with the refer toolkit)::
 
 A ref is `{ref_id, ann_id, image_id, split, sentences: [{sent, tokens, sent_id}], category_id?, file_name?}`; its
 mask is the segmentation of annotation `ann_id`. Every sentence of a ref is one example (the whole sentence is
-the phrase in EPNG's zero-shot evaluation, DESIGN.md §7).
+the phrase in EPNG's zero-shot evaluation, paper table 4).
 """
 
 from __future__ import annotations

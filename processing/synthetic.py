@@ -1,4 +1,4 @@
-"""Synthetic Panoptic Narrative Grounding benchmark, written in the official on-disk format (DESIGN.md §5).
+"""Synthetic Panoptic Narrative Grounding benchmark, written in the official on-disk format.
 
 This is the project's embedded default dataset (demo, tests, CPU smoke training). Each image is small and
 non-square (160–320 px per side, JPEG) with two stuff bands (sky or wall above, grass or water below) and 2–5
@@ -17,7 +17,7 @@ things, so colour and shape words alone determine a thing phrase's segments; stu
 Panoptic ids are random 24-bit values (most need all three PNG channels), so id decoding is really exercised.
 Generation is deterministic for a seed.
 
-CLI: ``python -m processing.synthetic --output ROOT [--train 400] [--val 100] [--seed 0]``
+CLI: ``python -m processing.synthetic --output_dir ROOT [--train 400] [--val 100] [--seed 0]``
 """
 
 from __future__ import annotations
@@ -307,12 +307,12 @@ def generate(output, num_train: int = 400, num_val: int = 100, seed: int = 0) ->
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="benchmark root to write")
+    parser.add_argument("--output_dir", required=True, help="benchmark root to write")
     parser.add_argument("--train", type=int, default=400, help="number of train2017 narratives")
     parser.add_argument("--val", type=int, default=100, help="number of val2017 narratives")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    root = generate(args.output, num_train=args.train, num_val=args.val, seed=args.seed)
+    root = generate(args.output_dir, num_train=args.train, num_val=args.val, seed=args.seed)
     print(f"wrote a synthetic PNG benchmark ({args.train} train, {args.val} val narratives) to {root}")
 
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .image_processing_epng import EpngImageProcessor
+from modeling_epng.image_processing_epng import EpngImageProcessor
 
-# LPA runs on the fused stride-16 feature grid (DESIGN §2.2).
+# LPA runs on the fused stride-16 feature grid.
 LPA_STRIDE = 16
 _TEXT_COLOR = (0, 0, 0)
 _BACKGROUND_COLOR = (255, 255, 255)

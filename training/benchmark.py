@@ -1,4 +1,4 @@
-"""Speed and memory benchmark of EPNG (project issue 7), run as `python -m training.benchmark`.
+"""Speed and memory benchmark of EPNG, run as `python -m training.benchmark`.
 
 The model is the paper configuration (`EpngConfig()`: ResNet-101 + FPN, BERT-base, 3 communicator layers of width
 768, 640 x 640 inputs, 20 phrases) with random weights: speed does not depend on the values. `--tiny` swaps in a

@@ -73,8 +73,8 @@ def processor_throughput(
         from PIL import Image
         from transformers import AutoTokenizer
 
-        from processing.image_processing_epng import EpngImageProcessor
-        from processing.processing_epng import EpngProcessor
+        from modeling_epng.image_processing_epng import EpngImageProcessor
+        from modeling_epng.processing_epng import EpngProcessor
     except ImportError as error:
         return {"section": "processor", "status": "skipped", "reason": f"EpngProcessor is not importable yet: {error}"}
     if tokenizer_path is None:

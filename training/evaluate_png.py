@@ -1,6 +1,6 @@
 """Evaluate a trained EPNG on a PNG split: Average Recall in the paper's layout (All, Thing, Stuff, Single, Plural).
 
-    python training/evaluate_png.py --model DIR_OR_ID --dataset DIR_OR_ID [--split validation] [--image_size 1216]
+    python training/evaluate_png.py --model_name_or_path DIR_OR_ID --dataset_name DIR_OR_ID [--split validation] [--image_size 1216]
     accelerate launch --multi_gpu --num_processes N training/evaluate_png.py ... (each phrase is counted once)
 
 Writes the per-phrase IoUs (CSV), the recall-IoU curves (PNG) and the metrics (JSON) to `--output_dir`.
@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datasets
 from accelerate import Accelerator
@@ -28,8 +24,8 @@ from training.metrics import format_average_recall_table
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="trained EPNG folder or Hub id (model + processor)")
-    parser.add_argument("--dataset", required=True, help="converted PNG dataset folder or Hub id")
+    parser.add_argument("--model_name_or_path", required=True, help="trained EPNG folder or Hub id (model + processor)")
+    parser.add_argument("--dataset_name", required=True, help="converted PNG dataset folder or Hub id")
     parser.add_argument("--split", default="validation")
     parser.add_argument(
         "--image_size",
@@ -40,25 +36,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=None, help="default: the model's mask_threshold")
     parser.add_argument("--max_samples", type=int, default=None)
-    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--output_dir", default=None, help="where to write CSV/PNG/JSON; default: no files")
     args = parser.parse_args(argv)
 
     accelerator = Accelerator()
-    model = EpngForPanopticNarrativeGrounding.from_pretrained(args.model).to(accelerator.device)
-    processor = EpngProcessor.from_pretrained(args.model)
+    model = EpngForPanopticNarrativeGrounding.from_pretrained(args.model_name_or_path).to(accelerator.device)
+    processor = EpngProcessor.from_pretrained(args.model_name_or_path)
     if args.image_size is not None:
         if args.image_size % 32:
             parser.error(f"--image_size must be a multiple of 32, got {args.image_size}")
         processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
-    split = datasets.load_dataset(args.dataset, split=args.split)
+    split = datasets.load_dataset(args.dataset_name, split=args.split)
     if args.max_samples:
         split = split.select(range(min(args.max_samples, len(split))))
     dataloader = accelerator.prepare(
         DataLoader(
             split,
             batch_size=args.batch_size,
-            num_workers=args.num_workers,
+            num_workers=args.dataloader_num_workers,
             collate_fn=GroundingEvalCollator(EpngCollator(processor)),
         )
     )
@@ -67,8 +63,8 @@ def main(argv=None) -> dict:
     )
     table = accumulator.table()
     if accelerator.is_main_process:
-        print(f"{args.dataset} [{args.split}]: {table['num_all']} phrases")
-        print(format_average_recall_table({Path(args.model).name or args.model: table}))
+        print(f"{args.dataset_name} [{args.split}]: {table['num_all']} phrases")
+        print(format_average_recall_table({Path(args.model_name_or_path).name or args.model_name_or_path: table}))
         if args.output_dir:
             write_evaluation_artifacts(accumulator, args.output_dir, args.split)
             Path(args.output_dir, f"{args.split}_results.json").write_text(json.dumps(table, indent=2))

@@ -1,8 +1,8 @@
-"""Zero-shot referring expression segmentation with EPNG (paper table 4, DESIGN.md §7).
+"""Zero-shot referring expression segmentation with EPNG (paper table 4).
 
-    python training/evaluate_res.py --model DIR_OR_ID --refer_root ROOT --dataset refcoco --split testA
-    python -m training.evaluate_res --model DIR --dataset_dir DATASET_DIR --split testB --random_init_row
-    accelerate launch training/evaluate_res.py --model DIR --refer_root ROOT --dataset refcocog --split test
+    python training/evaluate_res.py --model_name_or_path DIR_OR_ID --refer_root ROOT --dataset_name refcoco --split testA
+    python -m training.evaluate_res --model_name_or_path DIR --dataset_dir DATASET_DIR --split testB --random_init_row
+    accelerate launch training/evaluate_res.py --model_name_or_path DIR --refer_root ROOT --dataset_name refcocog --split test
 
 Every sentence is grounded as one phrase spanning the whole sentence. Each prediction is resized to the original
 image, binarised at `--threshold` (0.3 in the reference code) and compared with the referred object's mask; the
@@ -20,13 +20,9 @@ import argparse
 import itertools
 import json
 import logging
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # `python training/evaluate_res.py` and `accelerate launch training/evaluate_res.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
@@ -247,7 +243,7 @@ def load_examples(args: argparse.Namespace) -> tuple[Callable[[], Any], int]:
             dataset = dataset.select(range(min(args.max_samples, len(dataset))))
         return (lambda: dataset), len(dataset)
 
-    reader = ReferReader(args.refer_root, args.dataset, split_by=args.split_by, images_dir=args.images_dir)
+    reader = ReferReader(args.refer_root, args.dataset_name, split_by=args.split_by, images_dir=args.images_dir)
     num_examples = reader.num_examples(args.split)
     if args.max_samples is not None:
         num_examples = min(num_examples, args.max_samples)
@@ -268,11 +264,11 @@ def model_input_size(processor: EpngProcessor, image_size: int | None) -> list[i
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="trained EPNG folder or Hub id (model + processor)")
+    parser.add_argument("--model_name_or_path", required=True, help="trained EPNG folder or Hub id (model + processor)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--refer_root", help="folder with <dataset>/refs(<split_by>).p and <dataset>/instances.json")
     source.add_argument("--dataset_dir", help="folder written by `python -m processing.refer_dataset`")
-    parser.add_argument("--dataset", help="refcoco, refcoco+ or refcocog (required with --refer_root)")
+    parser.add_argument("--dataset_name", help="refcoco, refcoco+ or refcocog (required with --refer_root)")
     parser.add_argument("--split", required=True, help="e.g. val, testA, testB (RefCOCOg: val, test)")
     parser.add_argument("--split_by", default=None, help="unc, umd or google (default: the dataset's usual one)")
     parser.add_argument(
@@ -286,8 +282,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init model's weights")
     parser.add_argument("--output_json", default=None, help="write the metrics of every row to this file")
     args = parser.parse_args(argv)
-    if args.refer_root is not None and args.dataset is None:
-        parser.error("--dataset is required with --refer_root")
+    if args.refer_root is not None and args.dataset_name is None:
+        parser.error("--dataset_name is required with --refer_root")
     if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):
         parser.error(f"--image_size must be a positive multiple of 32, got {args.image_size}")
     if not 0 <= args.threshold <= 1:
@@ -305,13 +301,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float | int]]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     accelerator = Accelerator()
     try:
-        model, processor = load_model_and_processor(args.model)
+        model, processor = load_model_and_processor(args.model_name_or_path)
         make_examples, num_examples = load_examples(args)
     except (OSError, ValueError) as error:  # wrong arguments or files (FileNotFoundError is an OSError): no traceback
         parser.error(str(error))
     if num_examples == 0:
         parser.error(f"split {args.split!r} has no sentences")
-    dataset_name = args.dataset or Path(args.dataset_dir).name
+    dataset_name = args.dataset_name or Path(args.dataset_dir).name
     logger.info("%s %s: %d sentences, threshold %s", dataset_name, args.split, num_examples, args.threshold)
 
     models = {ZERO_SHOT_ROW: model}
@@ -335,10 +331,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float | int]]
         print(format_res_table(rows))
         if args.output_json is not None:
             report = {
-                "model": args.model,
+                "model": args.model_name_or_path,
                 "dataset": dataset_name,
                 "split": args.split,
-                "split_by": resolve_split_by(args.dataset, args.split_by) if args.refer_root else None,
+                "split_by": resolve_split_by(args.dataset_name, args.split_by) if args.refer_root else None,
                 "threshold": args.threshold,
                 "image_size": model_input_size(processor, args.image_size),
                 "results": rows,

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from modeling_epng.image_processing_epng import decode_panoptic_map, segment_union_masks
 from processing.collate import EpngCollator, as_records, pop_metadata
-from processing.image_processing_epng import decode_panoptic_map, segment_union_masks
 
 from .metrics import PhraseIouAccumulator, mask_iou
 

@@ -1,11 +1,11 @@
 """Metrics of EPNG: Average Recall for Panoptic Narrative Grounding, and the referring segmentation metrics.
 
-* PNG (DESIGN.md §6): every grounded phrase gets the IoU of its predicted and ground-truth masks; the score is
+* PNG: every grounded phrase gets the IoU of its predicted and ground-truth masks; the score is
   the Average Recall (AR) of the recall–IoU curve, reported for all phrases and the thing / stuff / singular /
   plural subsets. [`average_recall`] follows the reference definition exactly; [`PhraseIouAccumulator`]
   collects per-phrase IoUs batch by batch (never masks), gathers them across processes and writes the
   per-phrase CSV and the recall–IoU plot.
-* Referring expression segmentation (DESIGN.md §7): [`res_metrics`] / [`SentenceIouAccumulator`] give mean
+* Referring expression segmentation (zero-shot, paper table 4): [`res_metrics`] / [`SentenceIouAccumulator`] give mean
   IoU over sentences, precision at IoU 0.3 / 0.4 / 0.5 and overall (cumulative) IoU.
 
 The same AR is available as an `evaluate` module: `evaluate.load(PNG_AVERAGE_RECALL_PATH)`.
@@ -87,7 +87,7 @@ def recall_curve(
 
 def average_recall(ious: Sequence[float] | np.ndarray | torch.Tensor) -> float:
     """
-    Average Recall of the PNG benchmark (DESIGN.md §6), as a fraction in [0, 1].
+    Average Recall of the PNG benchmark, as a fraction in [0, 1].
 
     With t = `numpy.arange(0, 1, 1e-5)` and recall(t) = fraction of phrases with IoU ≥ t,
     AR = Σ_{i=0}^{n−2} (t[i+1] − t[i]) · recall(t[i]). Equal to the brute-force evaluation of that formula.

@@ -20,9 +20,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python training/run_png.py` and `accelerate launch training/run_png.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import datasets
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed

@@ -248,12 +248,12 @@ def test_write_model_card_round_trips_through_metadata_load(trained_dir):
 
 
 def test_model_card_command(trained_dir, capsys):
-    assert main(["model-card", str(trained_dir), "--repo-id", "org/epng", "--output", "-"]) == 0
+    assert main(["model-card", str(trained_dir), "--repo_id", "org/epng", "--output_file", "-"]) == 0
     printed = capsys.readouterr().out
     assert printed == model_card(trained_dir, "org/epng")
     assert not (trained_dir / "README.md").exists()
 
-    assert main(["model-card", str(trained_dir), "--dataset", "org/a", "--dataset", "org/b"]) == 0
+    assert main(["model-card", str(trained_dir), "--dataset_name", "org/a", "--dataset_name", "org/b"]) == 0
     assert metadata_load(trained_dir / "README.md")["datasets"] == ["org/a", "org/b"]
 
 

@@ -389,7 +389,7 @@ def test_cli_end_to_end(minilm_checkpoint, minilm_path, tmp_path):
         [
             "--checkpoint",
             str(path),
-            "--output",
+            "--output_dir",
             str(output),
             "--config",
             str(tmp_path / "architecture"),

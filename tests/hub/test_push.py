@@ -54,6 +54,7 @@ CHECKPOINT_FILES = [
 # the EPNG code that push-model adds for trust_remote_code loading
 CODE_FILES = [
     "attention.py",
+    "communicator.py",
     "configuration_epng.py",
     "image_processing_epng.py",
     "losses.py",
@@ -295,7 +296,7 @@ def test_missing_folder_and_bad_repo_id(tmp_path, checkpoint_dir):
     with pytest.raises(HubInputError, match="is not a folder"):
         push_model(tmp_path / "nowhere", "org/epng", api=FakeHfApi())
     api = FakeHfApi()
-    with pytest.raises(HubInputError, match="invalid --repo-id"):
+    with pytest.raises(HubInputError, match="invalid --repo_id"):
         push_model(checkpoint_dir, "org/epng/extra", api=api)
     assert api.calls == []
 
@@ -346,7 +347,7 @@ def test_dataset_folder_without_parquet(tmp_path):
 
 
 def test_cli_dry_run_prints_the_plan(checkpoint_dir, capsys, no_hub_client):
-    argv = ["push-model", str(checkpoint_dir), "--repo-id", "org/epng", "--revision", "dev", "--private", "--dry-run"]
+    argv = ["push-model", str(checkpoint_dir), "--repo_id", "org/epng", "--revision", "dev", "--private", "--dry_run"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "repo_id: org/epng" in out
@@ -370,11 +371,11 @@ def test_cli_push_uses_the_token_without_printing_it(checkpoint_dir, capsys, mon
     argv = [
         "push-model",
         str(checkpoint_dir),
-        "--repo-id",
+        "--repo_id",
         "org/epng",
         "--token",
         "hf_secret",
-        "--commit-message",
+        "--commit_message",
         "v1",
     ]
     assert main(argv) == 0
@@ -387,7 +388,7 @@ def test_cli_push_uses_the_token_without_printing_it(checkpoint_dir, capsys, mon
 
 
 def test_cli_bad_folder_is_a_one_line_error(tmp_path, capsys, no_hub_client):
-    assert main(["push-model", str(tmp_path), "--repo-id", "org/epng"]) == 2
+    assert main(["push-model", str(tmp_path), "--repo_id", "org/epng"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "missing: config.json" in err
 
@@ -395,7 +396,7 @@ def test_cli_bad_folder_is_a_one_line_error(tmp_path, capsys, no_hub_client):
 def test_cli_hub_failure_exits_1(checkpoint_dir, capsys, monkeypatch):
     failure = LocalTokenNotFoundError("Token is required (`token=True`), but no token found.")
     monkeypatch.setattr(hub.push, "HfApi", lambda token=None: FakeHfApi(token, fail_with=failure))
-    assert main(["push-model", str(checkpoint_dir), "--repo-id", "org/epng"]) == 1
+    assert main(["push-model", str(checkpoint_dir), "--repo_id", "org/epng"]) == 1
     assert (
         capsys.readouterr().err == "error: Hub request failed: Token is required (`token=True`), but no token found.\n"
     )
@@ -404,7 +405,7 @@ def test_cli_hub_failure_exits_1(checkpoint_dir, capsys, monkeypatch):
 def test_module_entry_point_dry_run(dataset_dir):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     completed = subprocess.run(
-        [sys.executable, "-m", "hub", "push-dataset", str(dataset_dir), "--repo-id", "org/png", "--dry-run"],
+        [sys.executable, "-m", "hub", "push-dataset", str(dataset_dir), "--repo_id", "org/png", "--dry_run"],
         capture_output=True,
         check=False,
         text=True,

@@ -23,8 +23,9 @@ PACKAGE_CODE_FILES = {
     "modeling_epng.py": "modeling_epng/modeling_epng.py",
     "attention.py": "modeling_epng/attention.py",
     "losses.py": "modeling_epng/losses.py",
-    "processing_epng.py": "processing/processing_epng.py",
-    "image_processing_epng.py": "processing/image_processing_epng.py",
+    "communicator.py": "modeling_epng/communicator.py",
+    "processing_epng.py": "modeling_epng/processing_epng.py",
+    "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
 }
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -169,6 +170,7 @@ def test_model_only_folder_gets_model_code_only(tmp_path, tiny_config):
 
     assert sorted(file.name for file in written) == [
         "attention.py",
+        "communicator.py",
         "configuration_epng.py",
         "losses.py",
         "modeling_epng.py",

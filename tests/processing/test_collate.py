@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from modeling_epng.image_processing_epng import EpngImageProcessor
+from modeling_epng.processing_epng import EpngProcessor
 from processing.collate import METADATA_KEYS, EpngCollator, as_records, pop_metadata
-from processing.image_processing_epng import EpngImageProcessor
-from processing.processing_epng import EpngProcessor
 
 MODEL_INPUT_KEYS = {"pixel_values", "input_ids", "attention_mask", "phrase_ids", "phrase_mask"}
 GRASS_ID, DOG_ID, CAT_ID = 3226010, 11, 300  # 3226010 needs all three RGB bytes

@@ -213,7 +213,7 @@ def test_existing_output_needs_overwrite(source, tmp_path):
 
 def test_cli(source, tmp_path, capsys):
     result = subprocess.run(
-        [sys.executable, "-m", "processing.png_dataset", "--root", str(source), "--output", str(tmp_path / "cli")],
+        [sys.executable, "-m", "processing.png_dataset", "--root", str(source), "--output_dir", str(tmp_path / "cli")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -224,7 +224,7 @@ def test_cli(source, tmp_path, capsys):
     # an error exits non-zero with a message (in process: a second interpreter start is not needed for this)
     bad_root = shutil.copytree(source, tmp_path / "bad")
     _delete_png(bad_root)
-    argv = ["--root", str(bad_root), "--output", str(tmp_path / "strict"), "--strict"]
+    argv = ["--root", str(bad_root), "--output_dir", str(tmp_path / "strict"), "--strict"]
     assert png_dataset.main(argv) == 1
     message = capsys.readouterr().err
     assert "error (strict mode)" in message and "000000000001.png" in message

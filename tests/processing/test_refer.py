@@ -201,9 +201,9 @@ def test_cli_converts_the_requested_splits(refer_root, tmp_path, capsys):
     common = [
         "--refer_root",
         str(refer_root),
-        "--dataset",
+        "--dataset_name",
         "refcoco",
-        "--output",
+        "--output_dir",
         str(output),
         "--images_dir",
         str(refer_root / "images" / "train2014"),

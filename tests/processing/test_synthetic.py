@@ -143,7 +143,7 @@ def test_deterministic_per_seed(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    synthetic.main(["--output", str(tmp_path / "cli"), "--train", "3", "--val", "2", "--seed", "1"])
+    synthetic.main(["--output_dir", str(tmp_path / "cli"), "--train", "3", "--val", "2", "--seed", "1"])
     assert len(_load(tmp_path / "cli", "train2017")[1]) == 3
     assert len(_load(tmp_path / "cli", "val2017")[1]) == 2
     assert "3 train, 2 val" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from processing.image_processing_epng import EpngImageProcessor
+from modeling_epng.image_processing_epng import EpngImageProcessor
 from processing.visualization import distinct_colors, draw_grounding, draw_lpa_attention
 
 GREY = 100

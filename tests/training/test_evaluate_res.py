@@ -156,8 +156,17 @@ def check_report(report, num_sentences, rows):
 
 def test_cli_end_to_end_on_refer_files_and_converted_dataset(refer_root, model_dir, tmp_path, capsys):
     json_path = tmp_path / "res.json"
-    argv = ["--model", str(model_dir), "--split", "testA", "--batch_size", "3", "--output_json", str(json_path)]
-    rows = main([*argv, "--refer_root", str(refer_root), "--dataset", "refcoco"])
+    argv = [
+        "--model_name_or_path",
+        str(model_dir),
+        "--split",
+        "testA",
+        "--batch_size",
+        "3",
+        "--output_json",
+        str(json_path),
+    ]
+    rows = main([*argv, "--refer_root", str(refer_root), "--dataset_name", "refcoco"])
     table = capsys.readouterr().out
     assert "refcoco testA (5 sentences, threshold 0.3)" in table
     assert "| Model" in table and "mIoU" in table and "P@0.5" in table and ZERO_SHOT_ROW in table
@@ -175,7 +184,16 @@ def test_cli_end_to_end_on_refer_files_and_converted_dataset(refer_root, model_d
 
 def test_cli_random_init_row_and_max_samples(refer_root, model_dir, tmp_path, capsys):
     json_path = tmp_path / "res.json"
-    argv = ["--model", str(model_dir), "--refer_root", str(refer_root), "--dataset", "refcoco", "--split", "testA"]
+    argv = [
+        "--model_name_or_path",
+        str(model_dir),
+        "--refer_root",
+        str(refer_root),
+        "--dataset_name",
+        "refcoco",
+        "--split",
+        "testA",
+    ]
     main([*argv, "--random_init_row", "--max_samples", "3", "--image_size", "32", "--output_json", str(json_path)])
     table = capsys.readouterr().out
     assert ZERO_SHOT_ROW in table and RANDOM_INIT_ROW in table
@@ -197,27 +215,27 @@ def test_random_init_keeps_only_the_text_encoder(model_dir):
 @pytest.mark.parametrize(
     "extra_argv, message",
     [
-        (["--dataset", "refcoco", "--split", "test"], "valid: train, val, testA, testB"),
-        (["--dataset", "refclef", "--split", "testA"], "unknown refer dataset"),
-        (["--split", "testA"], "--dataset is required"),
-        (["--dataset", "refcoco", "--split", "train"], "has no sentences"),
-        (["--dataset", "refcoco", "--split", "testA", "--image_size", "50"], "multiple of 32"),
+        (["--dataset_name", "refcoco", "--split", "test"], "valid: train, val, testA, testB"),
+        (["--dataset_name", "refclef", "--split", "testA"], "unknown refer dataset"),
+        (["--split", "testA"], "--dataset_name is required"),
+        (["--dataset_name", "refcoco", "--split", "train"], "has no sentences"),
+        (["--dataset_name", "refcoco", "--split", "testA", "--image_size", "50"], "multiple of 32"),
     ],
 )
 def test_cli_argument_errors(refer_root, model_dir, capsys, extra_argv, message):
     with pytest.raises(SystemExit):
-        main(["--model", str(model_dir), "--refer_root", str(refer_root), *extra_argv])
+        main(["--model_name_or_path", str(model_dir), "--refer_root", str(refer_root), *extra_argv])
     assert message in capsys.readouterr().err
 
 
 def test_cli_model_errors(refer_root, model_dir, tmp_path, capsys):
-    data_argv = ["--refer_root", str(refer_root), "--dataset", "refcoco", "--split", "testA"]
+    data_argv = ["--refer_root", str(refer_root), "--dataset_name", "refcoco", "--split", "testA"]
     with pytest.raises(SystemExit):
-        main(["--model", str(tmp_path / "missing"), *data_argv])
+        main(["--model_name_or_path", str(tmp_path / "missing"), *data_argv])
     assert "model folder not found" in capsys.readouterr().err
 
     model_only = tmp_path / "model_only"
     EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).save_pretrained(model_only)
     with pytest.raises(SystemExit):
-        main(["--model", str(model_only), *data_argv])
+        main(["--model_name_or_path", str(model_only), *data_argv])
     assert "no EPNG processor files" in capsys.readouterr().err

@@ -101,9 +101,9 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
 
     table = evaluate_png_main(
         [
-            "--model",
+            "--model_name_or_path",
             str(output),
-            "--dataset",
+            "--dataset_name",
             str(synthetic_dataset_dir),
             "--split",
             "train",

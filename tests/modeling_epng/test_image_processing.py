@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from processing.image_processing_epng import (
+from modeling_epng.image_processing_epng import (
     EPNG_IMAGE_MEAN,
     EPNG_IMAGE_STD,
     EpngImageProcessor,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from processing.image_processing_epng import EpngImageProcessor
-from processing.processing_epng import EpngProcessor, resolve_phrase_spans
+from modeling_epng.image_processing_epng import EpngImageProcessor
+from modeling_epng.processing_epng import EpngProcessor, resolve_phrase_spans
 
 TRICKY_TEXT = "Sunbathers at a café,  don't   mind the unbelievably tall skyscrapers!"
 

@@ -1,6 +1,6 @@
 """Image processor of EPNG: images → `pixel_values`, panoptic maps + phrase segment ids → `mask_labels`.
 
-The pipeline follows the paper's recipe (DESIGN §4): resize to a fixed model size with bicubic interpolation,
+The pipeline follows the paper's recipe: resize to a fixed model size with bicubic interpolation,
 rescale by 1/255 and normalise with the CLIP mean and std. Resizing runs in PyTorch (antialiased bicubic, which
 matches PIL's bicubic filter within one grey level) so one code path serves PIL images, NumPy arrays and tensors.
 """
@@ -393,7 +393,7 @@ class EpngImageProcessor(BaseImageProcessor):
 
         The id map is resized once (nearest, at pixel centres) and then compared with each phrase's ids, so no
         full-resolution float mask is ever made per phrase. This equals resizing each binary mask bilinearly and
-        re-binarising at 0.5 (the reference recipe, DESIGN §4) except on pixels at segment boundaries.
+        re-binarising at 0.5 (the reference recipe) except on pixels at segment boundaries.
 
         Args:
             panoptic_map (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):

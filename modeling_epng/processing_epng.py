@@ -280,7 +280,7 @@ class EpngProcessor(ProcessorMixin):
         self, mask_logits: torch.Tensor, target_size: tuple[int, int], threshold: float = 0.5
     ) -> dict[str, torch.Tensor]:
         """
-        Binary masks of one image at its original resolution (DESIGN §2.5): sigmoid, bilinear resize
+        Binary masks of one image at its original resolution: sigmoid, bilinear resize
         (`align_corners=False`) straight to `target_size`, then `probability >= threshold`.
 
         Args:
