@@ -104,18 +104,26 @@ class EpngCommunicator(nn.Module):
         phrase_embeddings: torch.Tensor,
         phrase_mask: torch.Tensor,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """pixel_map (B, C, h, w) -> (B, C, h, w), plus per-layer LPA probabilities if asked."""
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """pixel_map (B, C, h, w) -> (B, C, h, w), plus, if asked, the pixel tokens (B, h * w, C) entering the first
+        layer and leaving every layer (S + 1 tensors), and the LPA probabilities (B, heads, h * w, h * w) of every
+        layer (S tensors)."""
         batch_size, channels, height, width = pixel_map.shape
         tokens = pixel_map.flatten(2).transpose(1, 2)
         positions = None
         if self.use_position_embeddings:
             positions = self.position_embeddings(height, width, channels, pixel_map.device).to(tokens.dtype)
-        attentions = []
+        hidden_states, attentions = [tokens], []
         for layer in self.layers:
             tokens, probabilities = layer(
                 tokens, (height, width), phrase_embeddings, phrase_mask, positions, output_attentions
             )
+            hidden_states.append(tokens)
             attentions.append(probabilities)
         pixel_map = tokens.transpose(1, 2).reshape(batch_size, channels, height, width)
-        return pixel_map, tuple(attentions) if output_attentions else None
+        return (
+            pixel_map,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )

@@ -43,22 +43,37 @@ INPUT_MULTIPLE = 32
 @dataclass
 class EpngOutput(ModelOutput):
     """
-    Output of [`EpngForPanopticNarrativeGrounding`].
+    Output of [`EpngForPanopticNarrativeGrounding`]. As for every `ModelOutput`, the tuple form (`return_dict=False`)
+    holds the fields that are not `None`, in the order below: without `mask_labels` it starts at `mask_logits`, and
+    with `sal_weight=0` it has no `sal_loss`. Index by name to be independent of the configuration.
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Weighted total loss, returned when `mask_labels` are given.
-        bce_loss, dice_loss, sal_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            The unweighted loss terms (SAL is absent when `sal_weight` is 0).
-        mask_logits (`torch.FloatTensor` of shape `(B, P, H/4, W/4)`):
-            Mask logits of every phrase slot (padding slots included; use `phrase_mask`).
-        phrase_embeddings (`torch.FloatTensor` of shape `(B, P, C)`):
-            Phrase embeddings F_N used as dynamic 1x1 kernels.
-        pixel_embeddings (`torch.FloatTensor` of shape `(B, C, H/4, W/4)`):
-            Upsampled pixel features F after the communicator.
-        lpa_attentions (`tuple(torch.FloatTensor)`, *optional*):
-            One `(B, heads, N, N)` tensor per communicator layer (N = H/16 * W/16, row-major), when
-            `output_attentions=True`.
+            Weighted total loss `bce_weight * bce_loss + dice_weight * dice_loss + sal_weight * sal_loss`, returned
+            when `mask_labels` are given.
+        bce_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Unweighted binary cross-entropy over the real phrases' masks at the input resolution, returned when
+            `mask_labels` are given.
+        dice_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Unweighted Dice loss over the real phrases' masks at the input resolution, returned when `mask_labels`
+            are given.
+        sal_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Unweighted Semantic Alignment Loss at a quarter of the input resolution, returned when `mask_labels` are
+            given and `sal_weight` is above 0.
+        mask_logits (`torch.FloatTensor` of shape `(batch_size, num_phrases, height / 4, width / 4)`):
+            Mask logits of every phrase slot, padding slots included (select the real ones with `phrase_mask`).
+        phrase_embeddings (`torch.FloatTensor` of shape `(batch_size, num_phrases, hidden_size)`):
+            Phrase embeddings, the dynamic 1x1 kernels of the dense head.
+        pixel_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size, height / 4, width / 4)`):
+            Pixel features after the communicator, upsampled to a quarter of the input resolution.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The pixel tokens entering the first communicator layer and leaving each layer
+            (`num_communicator_layers + 1` tensors of shape `(batch_size, height / 16 * width / 16, hidden_size)`,
+            tokens in row-major order over the grid), returned when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The Locality-Perceptive Attention probabilities of each communicator layer (`num_communicator_layers`
+            tensors of shape `(batch_size, num_attention_heads, height / 16 * width / 16, height / 16 * width / 16)`),
+            returned when `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -68,7 +83,8 @@ class EpngOutput(ModelOutput):
     mask_logits: torch.FloatTensor | None = None
     phrase_embeddings: torch.FloatTensor | None = None
     pixel_embeddings: torch.FloatTensor | None = None
-    lpa_attentions: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class EpngFrozenBatchNorm2d(nn.Module):
@@ -199,7 +215,6 @@ class EpngPhraseEncoder(nn.Module):
 class EpngPreTrainedModel(PreTrainedModel):
     config_class = EpngConfig
     config: EpngConfig
-    base_model_prefix = "epng"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = False
@@ -266,6 +281,13 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The word embeddings of the text encoder (what PEFT and `enable_input_require_grads` hook into)."""
+        return self.phrase_encoder.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.phrase_encoder.text_encoder.set_input_embeddings(value)
+
     def parameter_report(self) -> dict[str, int]:
         """Parameter counts: total, trainable, text encoder, backbone + FPN, communicator, head (projection)."""
 
@@ -330,6 +352,7 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         mask_labels: torch.Tensor | None = None,
         phrase_features: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> EpngOutput | tuple:
         r"""
@@ -344,10 +367,17 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
                 the loss.
             phrase_features (`torch.FloatTensor` of shape `(B, P, D_text)`, *optional*): pooled text-encoder
                 features; when given, the text encoder is skipped (cached-feature training).
-            output_attentions (`bool`, *optional*): return the LPA probabilities of every layer.
+            output_attentions (`bool`, *optional*): return the LPA probabilities of every communicator layer as
+                `attentions`; defaults to `config.output_attentions`.
+            output_hidden_states (`bool`, *optional*): return the communicator's pixel tokens as `hidden_states`;
+                defaults to `config.output_hidden_states`.
             return_dict (`bool`, *optional*): return an `EpngOutput` (default) or a tuple.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if phrase_mask is None:
             if phrase_features is not None:
                 phrase_mask = torch.ones(phrase_features.shape[:2], dtype=torch.bool, device=pixel_values.device)
@@ -370,8 +400,8 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         phrase_embeddings = self.phrase_encoder(phrase_features.to(self.phrase_encoder.text_projection.weight.dtype))
 
         pixel_map = self.visual_encoder(pixel_values)
-        pixel_map, lpa_attentions = self.communicator(
-            pixel_map, phrase_embeddings, phrase_mask, output_attentions=bool(output_attentions)
+        pixel_map, hidden_states, attentions = self.communicator(
+            pixel_map, phrase_embeddings, phrase_mask, output_attentions, output_hidden_states
         )
         pixel_embeddings = self.upsample_to_mask_stride(pixel_map)
         # Bilinear upsampling is linear and the same for every channel, so dotting the phrases with the upsampled map
@@ -388,7 +418,8 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
             mask_logits=mask_logits,
             phrase_embeddings=phrase_embeddings,
             pixel_embeddings=pixel_embeddings,
-            lpa_attentions=lpa_attentions,
+            hidden_states=hidden_states,
+            attentions=attentions,
             **losses,
         )
         return output if return_dict else output.to_tuple()

@@ -178,7 +178,7 @@ def draw_grounding(
 
 def draw_lpa_attention(
     image: Image.Image,
-    lpa_attentions: Sequence[torch.Tensor],
+    attentions: Sequence[torch.Tensor],
     pixel: tuple[int, int],
     layer: int = 0,
     head: int | None = None,
@@ -194,9 +194,10 @@ def draw_lpa_attention(
     Args:
         image (`PIL.Image.Image`):
             The original image (its EXIF orientation is applied, as by the processor).
-        lpa_attentions (`tuple[torch.Tensor]`):
-            One tensor per communicator layer, of shape `(B, heads, N, N)`, N = (H/16)·(W/16) tokens in row-major
-            order over the H/16 × W/16 grid of the model input.
+        attentions (`tuple[torch.Tensor]`):
+            The model output's `attentions` (`output_attentions=True`): the LPA probabilities of each communicator
+            layer, of shape `(B, heads, N, N)`, N = (H/16)·(W/16) tokens in row-major order over the H/16 × W/16 grid
+            of the model input.
         pixel (`tuple[int, int]`):
             `(y, x)` of the query pixel in original image coordinates; it is marked on the figure.
         layer (`int`, *optional*, defaults to 0):
@@ -208,7 +209,7 @@ def draw_lpa_attention(
         image_processor ([`EpngImageProcessor`], *optional*):
             The image processor that made the model input (used for `grid_size`).
         batch_index (`int`, *optional*, defaults to 0):
-            Which image of the batch `lpa_attentions` belongs to.
+            Which image of the batch `attentions` belongs to.
         alpha (`float`, *optional*, defaults to 0.5):
             Opacity of the heat map.
         colormap (`str`, *optional*, defaults to `"jet"`):
@@ -224,9 +225,9 @@ def draw_lpa_attention(
             raise ValueError("Pass `grid_size` or the `image_processor` that made the model input.")
         grid_size = (image_processor.size.height // LPA_STRIDE, image_processor.size.width // LPA_STRIDE)
     grid_height, grid_width = grid_size
-    attention = lpa_attentions[layer][batch_index].detach().float().cpu()
+    attention = attentions[layer][batch_index].detach().float().cpu()
     if attention.ndim != 3 or attention.shape[-1] != attention.shape[-2]:
-        raise ValueError(f"Expected LPA attention of shape (B, heads, N, N), got {tuple(lpa_attentions[layer].shape)}.")
+        raise ValueError(f"Expected LPA attention of shape (B, heads, N, N), got {tuple(attentions[layer].shape)}.")
     if attention.shape[-1] != grid_height * grid_width:
         raise ValueError(
             f"The attention has N={attention.shape[-1]} tokens but the grid {grid_height}x{grid_width} has "

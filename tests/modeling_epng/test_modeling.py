@@ -41,8 +41,33 @@ def test_output_shapes_square_and_non_square(height, width):
     assert output.phrase_embeddings.shape == (2, 3, 48)
     assert output.pixel_embeddings.shape == (2, 48, height // 4, width // 4)
     tokens = (height // 16) * (width // 16)
-    assert len(output.lpa_attentions) == 2 and output.lpa_attentions[0].shape == (2, 4, tokens, tokens)
+    assert len(output.attentions) == 2 and output.attentions[0].shape == (2, 4, tokens, tokens)
     assert output.loss is None
+
+
+def test_config_output_flags_are_the_forward_defaults():
+    model = make_model(output_attentions=True, output_hidden_states=True).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        output = model(**inputs)
+        plain = model(**inputs, output_attentions=False, output_hidden_states=False)
+    tokens = (64 // 16) * (96 // 16)
+    assert [a.shape for a in output.attentions] == [(2, 4, tokens, tokens)] * 2
+    # the tokens entering the first layer and leaving each of the two layers
+    assert [h.shape for h in output.hidden_states] == [(2, tokens, 48)] * 3
+    final_map = output.hidden_states[-1].transpose(1, 2).reshape(2, 48, 4, 6)
+    torch.testing.assert_close(model.upsample_to_mask_stride(final_map), output.pixel_embeddings)
+    assert plain.attentions is None and plain.hidden_states is None
+    torch.testing.assert_close(plain.mask_logits, output.mask_logits)
+
+
+def test_input_embeddings_are_the_text_encoders_word_embeddings():
+    model = make_model()
+    embeddings = model.get_input_embeddings()
+    assert embeddings is model.phrase_encoder.text_encoder.embeddings.word_embeddings
+    replacement = torch.nn.Embedding(embeddings.num_embeddings, embeddings.embedding_dim)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement
 
 
 def test_input_size_must_be_a_multiple_of_32():
