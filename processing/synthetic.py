@@ -17,7 +17,7 @@ things, so colour and shape words alone determine a thing phrase's segments; stu
 Panoptic ids are random 24-bit values (most need all three PNG channels), so id decoding is really exercised.
 Generation is deterministic for a seed.
 
-CLI: ``python -m processing.synthetic --output_dir ROOT [--train 400] [--val 100] [--seed 0]``
+CLI: ``python -m processing.synthetic --output_dir ROOT [--train 400] [--val 100] [--seed 0] [--image_style coco]``
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+
+from .synthetic_coco import IMAGE_STYLES, coco_scene, textured_image
 
 THING_SHAPES = {"circle": 1, "square": 2, "triangle": 3}  # name -> category id
 THING_COLOURS = {"red": (215, 40, 40), "green": (40, 185, 60), "blue": (40, 80, 225), "yellow": (240, 205, 40)}
@@ -104,8 +106,10 @@ def _draw_scene(rng: np.random.Generator) -> dict:
     return {"width": width, "height": height, "top": top, "bottom": bottom, "split_row": split_row, "groups": groups}
 
 
-def _render(scene: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Rasterises a scene.
+def _render(
+    scene: dict, rng: np.random.Generator, image_style: str = "plain"
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Rasterises a scene; `image_style="coco"` paints textured segments (`processing.synthetic_coco`).
 
     Returns:
         image (`np.ndarray` of shape `(height, width, 3)`, uint8), panoptic (`np.ndarray` of shape
@@ -143,8 +147,11 @@ def _render(scene: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     id_table = np.array(segment_ids, dtype=np.int64)
     ids = id_table[labels]
     panoptic = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-    noise = rng.normal(0.0, 6.0, size=(height, width, 3))
-    image = np.clip(np.array(colours, dtype=np.float64)[labels] + noise, 0, 255).astype(np.uint8)
+    if image_style == "coco":
+        image = textured_image(labels, colours, rng)
+    else:
+        noise = rng.normal(0.0, 6.0, size=(height, width, 3))
+        image = np.clip(np.array(colours, dtype=np.float64)[labels] + noise, 0, 255).astype(np.uint8)
 
     areas = np.bincount(labels.ravel(), minlength=len(colours))
     segments_info = []
@@ -254,7 +261,7 @@ def _narrative(scene: dict, rng: np.random.Generator) -> list[dict]:
     return opening + [segment for i in order for segment in sentences[i]]
 
 
-def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Generator) -> None:
+def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Generator, image_style: str) -> None:
     images_dir = root / "images" / split
     panoptic_dir = root / "annotations" / "panoptic_segmentation" / split
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +270,9 @@ def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Gen
     image_id = SPLITS[split]
     while len(narratives) < num_narratives:
         scene = _draw_scene(rng)
-        image, panoptic, segments_info = _render(scene, rng)
+        if image_style == "coco":
+            scene = coco_scene(scene)
+        image, panoptic, segments_info = _render(scene, rng, image_style)
         file_name, panoptic_name = f"{image_id:012d}.jpg", f"{image_id:012d}.png"
         PIL.Image.fromarray(image).save(images_dir / file_name, quality=90)
         PIL.Image.fromarray(panoptic).save(panoptic_dir / panoptic_name)
@@ -288,20 +297,24 @@ def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Gen
     (annotations_dir / f"png_coco_{split}.json").write_text(json.dumps(narratives))
 
 
-def generate(output, num_train: int = 400, num_val: int = 100, seed: int = 0) -> Path:
+def generate(output, num_train: int = 400, num_val: int = 100, seed: int = 0, image_style: str = "plain") -> Path:
     """Writes a synthetic benchmark (splits ``train2017`` and ``val2017``) in the official format.
 
     Args:
         output (`str` or `Path`): benchmark root to create (``images/`` and ``annotations/`` go inside).
         num_train, num_val (`int`): number of narratives per split (images hold one or two narratives each).
         seed (`int`): the same seed always gives the same files.
+        image_style (`str`): ``"plain"`` (small flat images) or ``"coco"`` (640 px textured JPEGs of about 150 KB,
+            see `processing.synthetic_coco`).
 
     Returns:
         `Path` of the root.
     """
+    if image_style not in IMAGE_STYLES:
+        raise ValueError(f"image_style must be one of {IMAGE_STYLES}, got {image_style!r}")
     root = Path(output)
     for split_index, (split, count) in enumerate((("train2017", num_train), ("val2017", num_val))):
-        _write_split(root, split, count, np.random.default_rng([seed, split_index]))
+        _write_split(root, split, count, np.random.default_rng([seed, split_index]), image_style)
     return root
 
 
@@ -311,8 +324,13 @@ def main(argv=None) -> None:
     parser.add_argument("--train", type=int, default=400, help="number of train2017 narratives")
     parser.add_argument("--val", type=int, default=100, help="number of val2017 narratives")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image_style", choices=IMAGE_STYLES, default="plain", help="coco: 640 px textured JPEGs of about 150 KB"
+    )
     args = parser.parse_args(argv)
-    root = generate(args.output_dir, num_train=args.train, num_val=args.val, seed=args.seed)
+    root = generate(
+        args.output_dir, num_train=args.train, num_val=args.val, seed=args.seed, image_style=args.image_style
+    )
     print(f"wrote a synthetic PNG benchmark ({args.train} train, {args.val} val narratives) to {root}")
 
 
