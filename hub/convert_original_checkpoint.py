@@ -351,7 +351,7 @@ def convert_checkpoint(
         `Path`: the written folder.
     """
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, sources=(checkpoint_path,))
     # Everything is loaded and checked in memory first, so a failure never touches the file system.
     original_state_dict = load_original_state_dict(checkpoint_path, allow_pickle)
     text_config = AutoConfig.from_pretrained(text_encoder) if config is None and text_encoder is not None else None
@@ -377,7 +377,7 @@ def convert_checkpoint(
     else:
         logger.warning("No tokenizer given: the folder holds the model only, without a processor")
 
-    with staged_output_dir(output_dir, overwrite) as folder:
+    with staged_output_dir(output_dir, overwrite, sources=(checkpoint_path,)) as folder:
         model.save_pretrained(folder)
         if processor is not None:
             processor.save_pretrained(folder)

@@ -267,7 +267,8 @@ def convert(
 
     Args:
         root (`str` or `Path`): benchmark root (``images/``, ``annotations/``).
-        output (`str` or `Path`): dataset folder to create; must not exist unless `overwrite`.
+        output (`str` or `Path`): dataset folder to create; must not exist unless `overwrite`, and may not be, contain
+            or lie inside `root`.
         splits (`Sequence[str]`): official split folders, e.g. ``("train2017", "val2017")``.
         num_proc (`int`): worker processes (1 = convert in this process). Workers are spawned, so a script calling
             this with `num_proc > 1` needs the usual ``if __name__ == "__main__":`` guard.
@@ -280,7 +281,8 @@ def convert(
         [`ConversionSummary`] with the counts per split and the skipped narratives.
 
     Raises:
-        `FileExistsError` if `output` exists and not `overwrite`; `FileNotFoundError` for a missing json file;
+        `FileExistsError` if `output` exists and not `overwrite`; `ValueError` if `output` overlaps `root`;
+        `FileNotFoundError` for a missing json file;
         [`~processing.png_errors.PngFormatError`] for bad data in strict mode (or an unparsable json file).
     """
     output = Path(output)
@@ -290,7 +292,7 @@ def convert(
     if len(set(split_names)) != len(split_names):
         raise ValueError(f"splits {list(splits)} map to duplicate dataset split names {split_names}")
     started = time.perf_counter()
-    with staged_output_dir(output, overwrite) as staging:
+    with staged_output_dir(output, overwrite, sources=(root,)) as staging:
         data_dir = staging / "data"
         data_dir.mkdir()
         readers, tasks = {}, []

@@ -10,6 +10,7 @@ SKIP_REASONS = {
     "no_grounded_phrase": "the narrative has no noun segment with segment ids (skipped, not an error)",
     "malformed_narrative": "a narrative entry lacks image_id/caption/segments or has non-integer segment ids",
     "missing_panoptic_annotation": "the image id has no image entry or no annotation in panoptic_{split}.json",
+    "duplicate_image_id": "the image id has several image entries or annotations in panoptic_{split}.json",
     "unknown_segment_id": "a segment id is absent from that image's segments_info in panoptic_{split}.json",
     "unknown_category": "a segment's category_id is absent from the categories of panoptic_{split}.json",
     "utterance_mismatch": "an utterance cannot be found in the caption after the previous utterance",
@@ -18,6 +19,7 @@ SKIP_REASONS = {
     "corrupt_image": "the image file cannot be read or decoded",
     "corrupt_panoptic_png": "the panoptic PNG cannot be read or decoded, or is not RGB",
     "size_mismatch": "image, panoptic PNG and panoptic json disagree on the image size",
+    "segment_not_in_panoptic_png": "a phrase's segment id is in segments_info but drawn nowhere in the panoptic PNG",
 }
 """Every reason a narrative can be skipped for, with its meaning (used in reports and the dataset card)."""
 
@@ -75,6 +77,7 @@ ERROR_CLASSES = {
     **dict.fromkeys(("corrupt_image", "corrupt_panoptic_png"), CorruptFileError),
     **dict.fromkeys(("malformed_narrative", "missing_panoptic_annotation"), InconsistentAnnotationError),
     **dict.fromkeys(("unknown_segment_id", "unknown_category", "size_mismatch"), InconsistentAnnotationError),
+    **dict.fromkeys(("duplicate_image_id", "segment_not_in_panoptic_png"), InconsistentAnnotationError),
     "utterance_mismatch": UtteranceMismatchError,
 }
 """The exception class raised for each reason of [`SKIP_REASONS`] that is bad data."""

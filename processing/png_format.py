@@ -46,6 +46,7 @@ import PIL.Image
 from datasets import Features, Image, List, Value
 
 from .json_stream import JsonStream
+from .png_checks import duplicated_ids, panoptic_segment_ids, unsafe_file_name_problem
 from .png_errors import (
     ERROR_CLASSES,
     PngFormatError,
@@ -120,19 +121,39 @@ def _json_stream(file, path: Path, **kwargs) -> JsonStream:
     return JsonStream(file, lambda detail: PngFormatError(detail, path=path), **kwargs)
 
 
-def _load_panoptic_index(path: Path) -> tuple[dict[int, bool], dict[int, _PanopticImage]]:
-    """Reads `panoptic_{split}.json` into `(isthing per category id, compact record per image id)`."""
+def _load_panoptic_index(path: Path) -> tuple[dict[int, bool], dict[int, _PanopticImage], dict[int, str]]:
+    """Reads `panoptic_{split}.json` into `(isthing per category id, compact record per image id, duplicated image
+    ids)`; the last maps each image id listed more than once to what repeats it.
+
+    Raises:
+        [`PngFormatError`] for a malformed entry, or a `file_name` that is absolute or contains `..`.
+    """
     images, annotations, is_thing = {}, {}, {}
+    image_ids, annotation_image_ids = [], []
+
+    def checked_file_name(file_name, what):
+        problem = unsafe_file_name_problem(file_name)
+        if problem is not None:
+            raise PngFormatError(f"{what}: {problem}; file names must be relative to their folder", path=path)
+        return file_name
 
     def add_image(entry):
-        images[int(entry["id"])] = (entry["file_name"], int(entry["width"]), int(entry["height"]))
+        image_id = int(entry["id"])
+        image_ids.append(image_id)
+        file_name = checked_file_name(entry["file_name"], f"image entry of image id {image_id}")
+        images[image_id] = (file_name, int(entry["width"]), int(entry["height"]))
 
     def add_annotation(entry):
+        image_id = int(entry["image_id"])
+        annotation_image_ids.append(image_id)
+        file_name = entry.get("file_name")
+        if file_name is not None:
+            checked_file_name(file_name, f"annotation of image id {image_id}")
         segments = [
             [int(s["id"]), int(s["category_id"]), int(s.get("iscrowd", 0)), int(s["area"]), list(s["bbox"])]
             for s in entry["segments_info"]
         ]
-        annotations[int(entry["image_id"])] = (entry.get("file_name"), json.dumps(segments, separators=(",", ":")))
+        annotations[image_id] = (file_name, json.dumps(segments, separators=(",", ":")))
 
     def add_category(entry):
         is_thing[int(entry["id"])] = bool(entry["isthing"])
@@ -149,7 +170,11 @@ def _load_panoptic_index(path: Path) -> tuple[dict[int, bool], dict[int, _Panopt
     for image_id, (file_name, width, height) in images.items():
         panoptic_file_name, segments_json = annotations.get(image_id, (None, None))
         records[image_id] = _PanopticImage(file_name, width, height, panoptic_file_name, segments_json)
-    return is_thing, records
+    duplicates = {image_id: f"{count} image entries" for image_id, count in duplicated_ids(image_ids).items()}
+    for image_id, count in duplicated_ids(annotation_image_ids).items():
+        duplicates[image_id] = f"{duplicates[image_id]} and " if image_id in duplicates else ""
+        duplicates[image_id] += f"{count} annotations"
+    return is_thing, records, duplicates
 
 
 def locate_utterances(caption: str, utterances: list[str]) -> list[tuple[int, int] | None]:
@@ -248,7 +273,8 @@ class PngFormatReader:
         for path in (self.narratives_path, self.panoptic_json_path):
             if not path.is_file():
                 raise FileNotFoundError(f"PNG benchmark file not found: {path} (split {split!r}, root {self.root})")
-        self._category_is_thing, self._images = _load_panoptic_index(self.panoptic_json_path)
+        self._category_is_thing, self._images, self._duplicate_image_ids = _load_panoptic_index(self.panoptic_json_path)
+        self._drawn_segment_ids: tuple[Path, set[int]] | None = None  # of the last panoptic PNG read
         self._locations: NarrativeLocations | None = None
         self.report = SkipReport()
 
@@ -348,6 +374,12 @@ class PngFormatReader:
             ]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise fail("malformed_narrative", f"malformed narrative: {error!r}", self.narratives_path) from None
+        if image_key in self._duplicate_image_ids:
+            detail = (
+                f"image id {image_id} has {self._duplicate_image_ids[image_key]}: which one holds its file and "
+                "segments is ambiguous"
+            )
+            raise fail("duplicate_image_id", detail, self.panoptic_json_path)
         record = self._images.get(image_key)
         if record is None or record.segments_json is None:
             missing = "image entry" if record is None else "annotation (segments_info)"
@@ -397,6 +429,7 @@ class PngFormatReader:
                 f"panoptic json {(record.width, record.height)}"
             )
             raise fail("size_mismatch", detail, image_path)
+        self._check_segments_drawn(phrases, panoptic_path, panoptic_bytes, fail)
         return {
             "image": {"bytes": image_bytes, "path": record.file_name},
             "image_id": image_id,
@@ -408,6 +441,16 @@ class PngFormatReader:
             "panoptic_map": {"bytes": panoptic_bytes, "path": panoptic_name},
             "segments_info": segments_info,
         }
+
+    def _check_segments_drawn(self, phrases: list[dict], panoptic_path: Path, panoptic_bytes: bytes, fail) -> None:
+        """Fails when a phrase's segment id is drawn nowhere in the panoptic PNG: its mask would be empty."""
+        if self._drawn_segment_ids is None or self._drawn_segment_ids[0] != panoptic_path:
+            self._drawn_segment_ids = (panoptic_path, panoptic_segment_ids(panoptic_bytes))
+        drawn = self._drawn_segment_ids[1]
+        absent = sorted({i for phrase in phrases for i in phrase["segment_ids"]} - drawn)
+        if absent:
+            detail = f"segment ids {absent} are in segments_info but drawn nowhere in the panoptic PNG"
+            raise fail("segment_not_in_panoptic_png", detail, panoptic_path)
 
     def _segments_info(self, record: _PanopticImage, fail) -> list[dict]:
         segments_info = []

@@ -162,7 +162,7 @@ def convert_refer_to_hf(
     Args:
         refer_root (`str` or `Path`): folder with `<dataset>/refs(<split_by>).p` and `<dataset>/instances.json`.
         dataset (`str`): `"refcoco"`, `"refcoco+"` or `"refcocog"`.
-        output_dir (`str` or `Path`): folder to create.
+        output_dir (`str` or `Path`): folder to create; may not be, contain or lie inside `refer_root` or `images_dir`.
         images_dir (`str` or `Path`, *optional*): COCO 2014 train images; defaults to `refer_root/images/train2014`.
         splits (`Sequence[str]`, *optional*): splits to convert; defaults to the paper's evaluation splits
             (`val`, `testA`, `testB`; RefCOCOg: `val`, `test`).
@@ -176,11 +176,12 @@ def convert_refer_to_hf(
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite)
+    sources = (refer_root, images_dir)
+    check_output_dir(output_dir, overwrite, sources)
     reader = ReferReader(refer_root, dataset, split_by=split_by, images_dir=images_dir)
     splits = reader.check_splits(splits if splits is not None else reader.evaluation_splits)
 
-    with staged_output_dir(output_dir, overwrite) as staging_dir:
+    with staged_output_dir(output_dir, overwrite, sources) as staging_dir:
         (staging_dir / "data").mkdir()
         split_infos = []
         for split in splits:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 import hub.push
 from hub.__main__ import main
 from hub.cards import HubInputError
-from hub.push import MODEL_IGNORE_PATTERNS, push_dataset, push_model
+from hub.push import MODEL_ALLOW_PATTERNS, push_dataset, push_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,6 +196,65 @@ def test_push_model_uploads_the_checkpoint_without_training_leftovers(checkpoint
     assert auto_map["AutoModel"] == "modeling_epng.EpngForPanopticNarrativeGrounding"
 
 
+def add_secrets_and_links(folder, outside):
+    """What a careless user leaves in a model folder: secrets, notes, and links to files and folders elsewhere."""
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0", encoding="utf-8")
+    for relative_path in (".env", "secrets.txt", ".ssh/id_rsa", "credentials.json", "notes/todo.md", "run.py"):
+        (folder / relative_path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative_path).write_text("HF_TOKEN=hf_secret", encoding="utf-8")
+    (folder / "passwd_link").symlink_to(outside / "passwd")
+    (folder / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (folder / "extra_results.json").symlink_to(outside / "passwd")
+    (folder / "own_link_results.json").symlink_to(folder / "eval_results.json")
+
+
+def test_push_model_uploads_only_the_allowlist_and_never_follows_links_out(checkpoint_dir, tmp_path, capsys):
+    add_secrets_and_links(checkpoint_dir, tmp_path / "outside")
+    api = FakeHfApi()
+    upload = push_model(checkpoint_dir, "org/epng", api=api)
+    # a link whose target is inside the folder is fine; every other added file stays local
+    assert upload.files == api.uploaded_files == sorted([*EXPECTED_MODEL_FILES, "own_link_results.json"])
+    assert "extra_results.json (link out of the folder)" in upload.skipped
+    assert "passwd_link (link out of the folder)" in upload.skipped
+    assert "elsewhere (link out of the folder)" in upload.skipped
+    for skipped in (".env", ".ssh/", "credentials.json", "notes/", "secrets.txt", "run.py", "training_args.bin"):
+        assert skipped in upload.skipped
+    assert "checkpoint-500/" in upload.skipped and "runs/" in upload.skipped and ".git/" in upload.skipped
+
+    assert main(["push-model", str(checkpoint_dir), "--repo_id", "org/epng", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    listed, skipped = out.split("skipped, not uploaded")
+    assert "  - .env\n" in skipped and "  - passwd_link (link out of the folder)\n" in skipped
+    assert ".env" not in listed and "passwd" not in listed
+
+
+def test_push_model_refuses_needed_files_linked_from_elsewhere(checkpoint_dir, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text((checkpoint_dir / "config.json").read_text(encoding="utf-8"), encoding="utf-8")
+    (checkpoint_dir / "config.json").unlink()
+    (checkpoint_dir / "config.json").symlink_to(outside)
+    api = FakeHfApi()
+    with pytest.raises(HubInputError, match="config.json link out of the folder"):
+        push_model(checkpoint_dir, "org/epng", api=api)
+    assert api.calls == [] and "auto_map" not in json.loads(outside.read_text(encoding="utf-8"))
+
+
+def test_push_dataset_skips_links_out_of_the_folder(dataset_dir, tmp_path):
+    write_parquet(tmp_path / "private.parquet")
+    (dataset_dir / "data/train-00001-of-00001.parquet").symlink_to(tmp_path / "private.parquet")
+    (dataset_dir / ".env").write_text("HF_TOKEN=hf_secret", encoding="utf-8")
+    api = FakeHfApi()
+    upload = push_dataset(dataset_dir, "org/png", api=api)
+    assert upload.files == api.uploaded_files == EXPECTED_DATASET_FILES
+    assert upload.skipped == [
+        ".env",
+        "conversion.log",
+        "data/train-00001-of-00001.parquet (link out of the folder)",
+        "images/",
+    ]
+
+
 def test_push_model_without_remote_code(checkpoint_dir):
     api = FakeHfApi()
     upload = push_model(checkpoint_dir, "org/epng", remote_code=False, api=api)
@@ -234,10 +293,10 @@ def test_push_model_to_main_creates_no_branch(checkpoint_dir):
     assert "create_branch" not in api.call_names()
 
 
-def test_ignore_patterns_are_not_mutated_by_the_client(checkpoint_dir):
-    before = tuple(MODEL_IGNORE_PATTERNS)
+def test_allow_patterns_are_not_mutated_by_the_client(checkpoint_dir):
+    before = tuple(MODEL_ALLOW_PATTERNS)
     push_model(checkpoint_dir, "org/epng", api=FakeHfApi())
-    assert MODEL_IGNORE_PATTERNS == before
+    assert MODEL_ALLOW_PATTERNS == before
 
 
 def test_push_model_keeps_a_hand_written_readme(checkpoint_dir):
@@ -354,7 +413,7 @@ def test_cli_dry_run_prints_the_plan(checkpoint_dir, capsys, no_hub_client):
     assert "repo_type: model" in out
     assert "revision: dev" in out
     assert "private: True" in out
-    listed = [line.strip().split(" (")[0] for line in out.splitlines() if line.startswith("  ")]
+    listed = [line.strip().split(" (")[0] for line in out.splitlines() if line.startswith("  ") and "  - " not in line]
     assert listed == EXPECTED_MODEL_FILES
     assert "README.md (generated at push time)" in out
     assert not (checkpoint_dir / "README.md").exists()
@@ -417,4 +476,6 @@ def test_module_entry_point_dry_run(dataset_dir):
     assert "repo_type: dataset" in completed.stdout and "revision: main" in completed.stdout
     for path in EXPECTED_DATASET_FILES:
         assert f"  {path} (" in completed.stdout
-    assert "conversion.log" not in completed.stdout and "images/" not in completed.stdout
+    listed, skipped = completed.stdout.split("skipped, not uploaded")
+    assert "conversion.log" not in listed and "images/" not in listed
+    assert "  - conversion.log\n" in skipped and "  - images/\n" in skipped

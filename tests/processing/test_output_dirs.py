@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +53,38 @@ def test_output_that_appears_meanwhile_is_not_replaced_without_overwrite(tmp_pat
         output.mkdir()
         (output / "other.txt").write_text("other")
     assert [path.name for path in output.iterdir()] == ["other.txt"] and siblings(output) == ["out"]
+
+
+@pytest.mark.parametrize("where", ["is", "inside", "contains"])
+def test_output_overlapping_a_source_is_refused_and_the_source_kept(tmp_path, where):
+    source = tmp_path / "data" / "benchmark"
+    (source / "images").mkdir(parents=True)
+    (source / "images" / "a.jpg").write_text("image")
+    output = {"is": source, "inside": source / "images" / "out", "contains": tmp_path / "data"}[where]
+    relation = {"is": "is", "inside": "lies inside", "contains": "contains"}[where]
+    with pytest.raises(ValueError, match=f"{relation} the source"), staged_output_dir(output, True, (source,)):
+        pass
+    assert (source / "images" / "a.jpg").read_text() == "image"
+    # a link to the source is the source
+    (tmp_path / "link").symlink_to(source, target_is_directory=True)
+    with pytest.raises(ValueError, match="is the source"), staged_output_dir(tmp_path / "link", True, (source,)):
+        pass
+    with staged_output_dir(tmp_path / "data" / "benchmark-hf", sources=(source, None)) as staging:
+        (staging / "a.txt").write_text("a")
+    assert (tmp_path / "data" / "benchmark-hf" / "a.txt").exists()
+
+
+def test_stale_staging_folders_of_killed_runs_are_removed(tmp_path):
+    output = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [tmp_path / f".out.incomplete-{dead.stdout.strip()}-abc", tmp_path / ".out.incomplete-x1y2z3"]
+    running = tmp_path / f".out.incomplete-{os.getpid()}-def"
+    other = tmp_path / ".other.incomplete-x1y2z3"
+    for folder in (*stale, running, other):
+        folder.mkdir()
+        (folder / "part.parquet").write_text("half")
+    with staged_output_dir(output) as staging:
+        assert all(not folder.exists() for folder in stale)
+        assert running.exists() and other.exists()
+        assert staging.name.startswith(f".out.incomplete-{os.getpid()}-")
+    assert siblings(output) == sorted([".other.incomplete-x1y2z3", running.name, "out"])

@@ -250,3 +250,13 @@ def test_dead_worker_fails_instead_of_hanging(source, tmp_path):
     assert result.returncode != 0
     assert "a conversion process died" in result.stderr and "guard" in result.stderr
     assert not (tmp_path / "out").exists() and not _leftovers(tmp_path, "out")
+
+
+def test_output_inside_or_equal_to_the_root_is_refused(root, tmp_path, capsys):
+    before = sorted(path.relative_to(root) for path in root.rglob("*"))
+    for output in (root, root / "hf", root / "images"):
+        with pytest.raises(ValueError, match="the source"):
+            convert(root, output, overwrite=True, progress=False)
+    assert png_dataset.main(["--root", str(root), "--output_dir", str(root), "--overwrite"]) == 1
+    assert "is the source" in capsys.readouterr().err
+    assert sorted(path.relative_to(root) for path in root.rglob("*")) == before

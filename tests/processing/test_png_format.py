@@ -145,6 +145,35 @@ def _unknown_segment(root, image_id):
     _edit_narratives(root, "train2017", edit)
 
 
+def _edit_panoptic_json(root, edit):
+    path = root / "annotations" / "panoptic_train2017.json"
+    panoptic = json.loads(path.read_text())
+    edit(panoptic)
+    path.write_text(json.dumps(panoptic))
+
+
+def _segment_not_drawn(root, image_id):
+    """Image 1 lists one more segment, never drawn in its PNG; its first narrative grounds a phrase on it."""
+
+    def edit_panoptic(panoptic):
+        annotation = next(a for a in panoptic["annotations"] if a["image_id"] == image_id)
+        annotation["segments_info"].append({**annotation["segments_info"][0], "id": 255 * 256 * 256})
+
+    def edit_narratives(narratives):
+        next(s for s in narratives[0]["segments"] if s["segment_ids"])["segment_ids"] = [str(255 * 256 * 256)]
+
+    _edit_panoptic_json(root, edit_panoptic)
+    _edit_narratives(root, "train2017", edit_narratives)
+
+
+def _duplicate_image_id(root, image_id):
+    def edit(panoptic):
+        entry = next(image for image in panoptic["images"] if image["id"] == image_id)
+        panoptic["images"].append({**entry, "file_name": "000000000002.jpg"})
+
+    _edit_panoptic_json(root, edit)
+
+
 @pytest.mark.parametrize(
     "damage, error_class, reason, file_name",
     [
@@ -152,6 +181,8 @@ def _unknown_segment(root, image_id):
         (_truncate_image, CorruptFileError, "corrupt_image", "000000000001.jpg"),
         (_flip_png_byte, CorruptFileError, "corrupt_panoptic_png", "000000000001.png"),
         (_unknown_segment, InconsistentAnnotationError, "unknown_segment_id", "png_coco_train2017.json"),
+        (_segment_not_drawn, InconsistentAnnotationError, "segment_not_in_panoptic_png", "000000000001.png"),
+        (_duplicate_image_id, InconsistentAnnotationError, "duplicate_image_id", "panoptic_train2017.json"),
     ],
 )
 def test_bad_data_errors_name_the_file_and_narrative(root, damage, error_class, reason, file_name):
@@ -215,3 +246,32 @@ def test_example_image_matches_its_declared_size(source):
     with PIL.Image.open(io.BytesIO(example["image"]["bytes"])) as image:
         assert image.size == (example["width"], example["height"])
     assert isinstance(example["image"]["bytes"], bytes) and example["image"]["path"].endswith(".jpg")
+
+
+def test_duplicate_image_id_error_names_the_repeats(root):
+    _duplicate_image_id(root, 1)
+    _edit_panoptic_json(root, lambda panoptic: panoptic["annotations"].append(panoptic["annotations"][0]))
+    with pytest.raises(InconsistentAnnotationError, match="image id 1 has 2 image entries and 2 annotations"):
+        list(PngFormatReader(root, "train2017").iter_examples(strict=True))
+
+
+@pytest.mark.parametrize(
+    "section, file_name, problem",
+    [
+        ("images", "../../../outside.jpg", "leaves its folder"),
+        ("images", "/etc/passwd", "absolute path"),
+        ("images", "C:\\Windows\\win.ini", "absolute path"),
+        ("annotations", "sub/../../x.png", "leaves its folder"),
+        ("images", "", "not a non-empty string"),
+    ],
+)
+def test_file_names_leaving_the_root_are_refused(root, section, file_name, problem):
+    (root.parent / "outside.jpg").write_bytes((root / "images" / "train2017" / "000000000001.jpg").read_bytes())
+
+    def edit(panoptic):
+        panoptic[section][0]["file_name"] = file_name
+
+    _edit_panoptic_json(root, edit)
+    with pytest.raises(PngFormatError, match=problem) as raised:
+        PngFormatReader(root, "train2017")
+    assert "panoptic_train2017.json" in str(raised.value) and "image id 1" in str(raised.value)

@@ -4,6 +4,7 @@ two JPEG images, masks given as polygons, uncompressed RLE and compressed RLE, s
 import json
 import os
 import pickle
+import shutil
 
 import datasets
 import numpy as np
@@ -213,3 +214,15 @@ def test_cli_converts_the_requested_splits(refer_root, tmp_path, capsys):
     assert sorted(p.name for p in (output / "data").iterdir()) == ["testA-00000-of-00001.parquet"]
     main([*common, "--splits", "val", "--overwrite"])
     assert sorted(p.name for p in (output / "data").iterdir()) == ["val-00000-of-00001.parquet"]
+
+
+def test_converter_refuses_an_output_overlapping_its_sources(refer_root, tmp_path):
+    images_dir = refer_root / "images" / "train2014"
+    before = sorted(images_dir.iterdir())
+    for output in (refer_root, refer_root / "refcoco_hf", images_dir):
+        with pytest.raises(ValueError, match="the source"):
+            convert_refer_to_hf(refer_root, "refcoco", output, splits=["val"], overwrite=True)
+    outside_images = shutil.copytree(images_dir, tmp_path / "coco")
+    with pytest.raises(ValueError, match="contains the source"):
+        convert_refer_to_hf(refer_root, "refcoco", tmp_path, images_dir=outside_images, overwrite=True)
+    assert sorted(images_dir.iterdir()) == before and outside_images.is_dir()
