@@ -1,0 +1,156 @@
+"""Web app: ground a narrative on an uploaded image with an EPNG model, in the browser (Gradio).
+
+    python -m training.app --model_name_or_path outputs/demo/model [--examples_dir outputs/demo/png_synthetic]
+                           [--server_name 127.0.0.1] [--server_port 7860] [--max_image_pixels 16000000]
+
+The page shows the narrative with each phrase highlighted in the colour of its mask, the overlay, a table of the
+phrases with their scores, and one switch per phrase that redraws the overlay with only the switched-on masks.
+Bad input (no image, no narrative, a phrase not in the narrative, a huge image) is answered by a message in the page.
+Needs the `app` extra: `pip install -e ".[app]"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from training.app_backend import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    TABLE_HEADERS,
+    AppInputError,
+    Grounder,
+    check_narrative,
+    highlighted_narrative,
+    load_examples,
+    open_image,
+    parse_phrases,
+    phrase_colors,
+    phrase_label,
+    phrase_table,
+    render_overlay,
+)
+
+logger = logging.getLogger(__name__)
+
+TITLE = "EPNG: Panoptic Narrative Grounding"
+DESCRIPTION = (
+    "Upload an image, describe it in a few sentences, and list the noun phrases of your description to ground "
+    "(one per line or separated by `;`, in the order they appear). Each phrase gets a mask, drawn in its colour."
+)
+
+
+class GroundingHandlers:
+    """The page's callbacks over one loaded model; their results match the outputs wired in [`build_demo`]."""
+
+    def __init__(self, grounder: Grounder, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.grounder = grounder
+        self.max_image_pixels = max_image_pixels
+
+    def ground(self, image_path, narrative, phrases_text, threshold):
+        """Ground the typed phrases. Returns (highlighted narrative, overlay, table, switches, session state)."""
+        try:
+            image = open_image(image_path, self.max_image_pixels)
+            narrative = check_narrative(narrative)
+            phrases = self.grounder(image, narrative, parse_phrases(phrases_text), threshold)
+        except AppInputError as error:
+            raise gr.Error(str(error), title="Cannot ground this input", print_exception=False) from error
+        except Exception as error:
+            # The page gets one line; the traceback goes to the server log only.
+            logger.exception("grounding failed")
+            raise gr.Error(f"Grounding failed: {type(error).__name__}: {error}", print_exception=False) from error
+        labels = [phrase_label(index) for index in range(len(phrases))]
+        highlighted = gr.HighlightedText(
+            value=highlighted_narrative(narrative, phrases),
+            color_map=dict(zip(labels, phrase_colors(len(phrases)), strict=True)),
+        )
+        switches = gr.CheckboxGroup(
+            choices=[(f"{labels[index]}. {phrase.phrase}", index) for index, phrase in enumerate(phrases)],
+            value=list(range(len(phrases))),
+        )
+        state = {"image": image, "narrative": narrative, "phrases": phrases}
+        return highlighted, render_overlay(image, narrative, phrases), phrase_table(phrases), switches, state
+
+    @staticmethod
+    def redraw(shown, state):
+        """The overlay with only the switched-on phrases."""
+        if not state:
+            return None
+        return render_overlay(state["image"], state["narrative"], state["phrases"], shown)
+
+
+def build_demo(
+    grounder: Grounder,
+    examples_dir: str | Path | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> gr.Blocks:
+    """The Gradio page over `grounder`; examples come from `examples_dir` (see [`load_examples`])."""
+    handlers = GroundingHandlers(grounder, max_image_pixels)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", elem_id="image-input")
+                narrative = gr.Textbox(label="Narrative", lines=4, elem_id="narrative-input")
+                phrases = gr.Textbox(
+                    label="Noun phrases to ground",
+                    lines=3,
+                    placeholder="one per line, or separated by ';'",
+                    elem_id="phrases-input",
+                )
+                threshold = gr.Slider(0.05, 0.95, value=grounder.default_threshold, step=0.05, label="Mask threshold")
+                submit = gr.Button("Ground", variant="primary", elem_id="ground-button")
+            with gr.Column():
+                highlighted = gr.HighlightedText(label="Phrases in the narrative", elem_id="highlighted-narrative")
+                overlay = gr.Image(label="Masks", type="pil", interactive=False, elem_id="overlay")
+                switches = gr.CheckboxGroup(label="Show masks", choices=[], elem_id="phrase-switches")
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="Phrases", interactive=False, elem_id="phrase-table")
+        state = gr.State()
+        submit.click(
+            handlers.ground,
+            inputs=[image, narrative, phrases, threshold],
+            outputs=[highlighted, overlay, table, switches, state],
+        )
+        switches.change(handlers.redraw, inputs=[switches, state], outputs=overlay)
+        examples = load_examples(examples_dir) if examples_dir else []
+        if examples:
+            gr.Examples(
+                [[example.image, example.narrative, "\n".join(example.phrases)] for example in examples],
+                inputs=[image, narrative, phrases],
+                label="Examples (synthetic validation images)",
+            )
+    return demo
+
+
+def launch(demo: gr.Blocks, server_name: str, server_port: int | None, examples_dir: str | Path | None) -> None:
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=server_name,
+        server_port=server_port,
+        show_error=True,
+        max_file_size="50mb",
+        allowed_paths=[str(examples_dir)] if examples_dir else None,
+        ssr_mode=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="EPNG folder saved with save_pretrained, or a Hub model id"
+    )
+    parser.add_argument("--examples_dir", help="examples.json folder or PNG-format benchmark root (val2017)")
+    parser.add_argument("--server_name", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--server_port", type=int, default=None, help="port (default: first free one from 7860)")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    parser.add_argument("--device", default=None, help="torch device of the model (default: cpu)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    grounder = Grounder.from_pretrained(args.model_name_or_path, device=args.device)
+    demo = build_demo(grounder, args.examples_dir, args.max_image_pixels)
+    launch(demo, args.server_name, args.server_port, args.examples_dir)
+
+
+if __name__ == "__main__":
+    main()

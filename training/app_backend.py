@@ -1,0 +1,271 @@
+"""What the EPNG web app computes, without Gradio: input checks, grounding, the highlighted narrative, the phrase
+table, the overlay and the examples. `training/app.py` wires these into the page.
+
+Every problem with what a user typed or uploaded raises [`AppInputError`], whose message is written for the page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL import Image, ImageOps
+
+from modeling_epng import EpngForPanopticNarrativeGrounding, EpngProcessor
+from modeling_epng.processing_epng import resolve_phrase_spans
+from processing.visualization import distinct_colors, draw_grounding
+
+# 16 megapixels (e.g. 4608 x 3456, a phone photo): the masks of 20 phrases at that size take 320 MB.
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000
+# The processor truncates narratives to 300 tokens; a few thousand characters stay well below.
+MAX_NARRATIVE_CHARACTERS = 2000
+EXAMPLES_FILE = "examples.json"
+
+
+class AppInputError(ValueError):
+    """An image, narrative or phrase list the app cannot ground; the message says what to change."""
+
+
+@dataclass
+class GroundedPhrase:
+    """One phrase of the narrative and its predicted mask.
+
+    Attributes:
+        phrase (`str`): `narrative[start:end]`.
+        start (`int`), end (`int`): character span in the narrative (end exclusive).
+        score (`float`): mean mask probability inside the mask (0 for an empty mask).
+        mask (`np.ndarray` of shape `(H, W)`, bool): the mask at the image's resolution.
+    """
+
+    phrase: str
+    start: int
+    end: int
+    score: float
+    mask: np.ndarray
+
+
+def open_image(image: str | Path | Image.Image | None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """The uploaded image as RGB with its EXIF orientation applied; its size is checked before it is decoded."""
+    if image is None:
+        raise AppInputError("Upload an image first.")
+    if not isinstance(image, Image.Image):
+        try:
+            image = Image.open(image)
+        except PIL.Image.DecompressionBombError as error:
+            raise AppInputError(f"The image is too large to open safely ({error}).") from error
+        except (OSError, ValueError) as error:
+            raise AppInputError(f"The uploaded file is not an image that can be read: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise AppInputError(
+            f"The image is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); this app accepts at "
+            f"most {max_pixels / 1e6:.1f} megapixels. Downscale the image and upload it again."
+        )
+    try:
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except OSError as error:
+        raise AppInputError(f"The uploaded image cannot be decoded: {error}") from error
+
+
+def check_narrative(narrative: str | None) -> str:
+    """The narrative, unchanged, if it has words and is not too long."""
+    if narrative is None or not narrative.strip():
+        raise AppInputError("Type a narrative that describes the image first.")
+    if len(narrative) > MAX_NARRATIVE_CHARACTERS:
+        raise AppInputError(
+            f"The narrative has {len(narrative)} characters; this app grounds at most {MAX_NARRATIVE_CHARACTERS}."
+        )
+    return narrative
+
+
+def parse_phrases(phrases_text: str | None) -> list[str]:
+    """The phrases typed in the phrase box: one per line or separated by `;`, in narrative order."""
+    if not phrases_text:
+        return []
+    return [phrase.strip() for line in phrases_text.splitlines() for phrase in line.split(";") if phrase.strip()]
+
+
+class Grounder:
+    """A model and its processor, loaded once; calling it grounds one narrative on one image.
+
+    Args:
+        model ([`EpngForPanopticNarrativeGrounding`]): the model, in eval mode.
+        processor ([`EpngProcessor`]): its processor.
+    """
+
+    def __init__(self, model: EpngForPanopticNarrativeGrounding, processor: EpngProcessor):
+        self.model = model.eval()
+        self.processor = processor
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str | Path, device: str | None = None) -> Grounder:
+        """Load model + processor from a folder written by `save_pretrained` or a Hub repository id."""
+        model = EpngForPanopticNarrativeGrounding.from_pretrained(str(model_name_or_path))
+        processor = EpngProcessor.from_pretrained(str(model_name_or_path))
+        return cls(model.to(device or "cpu"), processor)
+
+    @property
+    def default_threshold(self) -> float:
+        return float(self.model.config.mask_threshold)
+
+    @torch.inference_mode()
+    def __call__(
+        self, image: Image.Image, narrative: str, phrases: Sequence[str], threshold: float | None = None
+    ) -> list[GroundedPhrase]:
+        """Ground `phrases` (strings matched left to right in `narrative`) on `image`.
+
+        Returns:
+            `list[GroundedPhrase]`, one per phrase, in the given order.
+        """
+        if not phrases:
+            raise AppInputError("Type the noun phrases to ground, one per line or separated by ';'.")
+        try:
+            spans = resolve_phrase_spans(narrative, phrases)
+        except ValueError as error:
+            raise AppInputError(str(error)) from error
+        inputs = self.processor(images=image, text=narrative, phrases=spans, return_original_sizes=True)
+        original_sizes = inputs.pop("original_sizes")
+        inputs = inputs.to(self.model.device)
+        outputs = self.model(**inputs)
+        threshold = self.default_threshold if threshold is None else float(threshold)
+        result = self.processor.post_process_grounding(
+            outputs, original_sizes, phrase_mask=inputs["phrase_mask"], threshold=threshold
+        )[0]
+        return [
+            GroundedPhrase(narrative[start:end], start, end, float(score), mask.cpu().numpy())
+            for (start, end), mask, score in zip(spans, result["masks"], result["scores"], strict=True)
+        ]
+
+
+def phrase_label(index: int) -> str:
+    """The label of phrase `index` in the highlighted narrative, the table and the switches."""
+    return str(index + 1)
+
+
+def phrase_colors(count: int) -> list[str]:
+    """One `#rrggbb` colour per phrase, the colours its mask has in the overlay."""
+    return ["#{:02x}{:02x}{:02x}".format(*color) for color in distinct_colors(count)]
+
+
+def highlighted_narrative(narrative: str, phrases: Sequence[GroundedPhrase]) -> list[tuple[str, str | None]]:
+    """The narrative cut into `(text, label)` pieces: each phrase with its label, the text between with `None`.
+    The pieces join back into the narrative."""
+    pieces: list[tuple[str, str | None]] = []
+    position = 0
+    for index, phrase in sorted(enumerate(phrases), key=lambda item: item[1].start):
+        if phrase.start > position:
+            pieces.append((narrative[position : phrase.start], None))
+        pieces.append((narrative[phrase.start : phrase.end], phrase_label(index)))
+        position = phrase.end
+    if position < len(narrative):
+        pieces.append((narrative[position:], None))
+    return pieces
+
+
+TABLE_HEADERS = ["#", "phrase", "characters", "score", "mask area (%)"]
+
+
+def phrase_table(phrases: Sequence[GroundedPhrase]) -> list[list]:
+    """One row per phrase: label, text, character span, score and the share of the image its mask covers."""
+    return [
+        [
+            phrase_label(index),
+            phrase.phrase,
+            f"{phrase.start}-{phrase.end}",
+            round(phrase.score, 3),
+            round(100.0 * float(phrase.mask.mean()), 1),
+        ]
+        for index, phrase in enumerate(phrases)
+    ]
+
+
+def render_overlay(
+    image: Image.Image, narrative: str, phrases: Sequence[GroundedPhrase], shown: Sequence[int] | None = None
+) -> Image.Image:
+    """The image with the masks of the `shown` phrases (indices; all when `None`) blended in their colours, beside
+    the narrative with those phrases written in the same colours."""
+    colors = distinct_colors(len(phrases))
+    indices = range(len(phrases)) if shown is None else sorted({int(index) for index in shown})
+    masks = np.stack([phrases[i].mask for i in indices]) if indices else np.zeros((0, image.height, image.width), bool)
+    # The text is drawn in pixels of the figure, so it grows with the image to stay readable when the page scales.
+    font_size = max(14, image.width // 40)
+    return draw_grounding(
+        image,
+        narrative,
+        [(phrases[i].start, phrases[i].end) for i in indices],
+        masks,
+        colors=[colors[i] for i in indices],
+        text_width=max(image.width, 20 * font_size),
+        font_size=font_size,
+    )
+
+
+@dataclass
+class Example:
+    """An image with a narrative and the phrases an annotator grounded in it."""
+
+    image: str
+    narrative: str
+    phrases: list[str]
+
+
+def load_examples(folder: str | Path, limit: int = 4, split: str = "val2017") -> list[Example]:
+    """Examples from a folder with an `examples.json` (a list of `{image, narrative, phrases}`, images relative to
+    the folder), or from a benchmark root in the PNG format (e.g. the demo's `png_synthetic/`: the first `limit`
+    narratives of `split` with their noun phrases). A folder without either gives no example."""
+    folder = Path(folder)
+    listing = folder / EXAMPLES_FILE
+    if listing.is_file():
+        records = json.loads(listing.read_text(encoding="utf-8"))
+        return [Example(str(folder / r["image"]), r["narrative"], list(r["phrases"])) for r in records[:limit]]
+    narratives_file = folder / "annotations" / f"png_coco_{split}.json"
+    panoptic_file = folder / "annotations" / f"panoptic_{split}.json"
+    if not (narratives_file.is_file() and panoptic_file.is_file()):
+        return []
+    file_names = {
+        str(image["id"]): image["file_name"]
+        for image in json.loads(panoptic_file.read_text(encoding="utf-8"))["images"]
+    }
+    examples = []
+    for narrative in json.loads(narratives_file.read_text(encoding="utf-8"))[:limit]:
+        phrases = [segment["utterance"] for segment in narrative["segments"] if segment["noun"]]
+        image = folder / "images" / split / file_names[str(narrative["image_id"])]
+        examples.append(Example(str(image), narrative["caption"], phrases))
+    return examples
+
+
+def write_examples(examples: Sequence[Example], folder: str | Path) -> list[str]:
+    """Copy the examples' images into `folder` and list them in its `examples.json` (read by [`load_examples`]).
+    Returns the written paths, relative to `folder`."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    records, written = [], []
+    for example in examples:
+        relative = f"images/{Path(example.image).name}"
+        (folder / relative).write_bytes(Path(example.image).read_bytes())
+        records.append({"image": relative, "narrative": example.narrative, "phrases": example.phrases})
+        written.append(relative)
+    (folder / EXAMPLES_FILE).write_text(json.dumps(records, indent=2), encoding="utf-8")
+    return [*written, EXAMPLES_FILE]
+
+
+__all__ = [
+    "AppInputError",
+    "Example",
+    "GroundedPhrase",
+    "Grounder",
+    "check_narrative",
+    "highlighted_narrative",
+    "load_examples",
+    "open_image",
+    "parse_phrases",
+    "phrase_colors",
+    "phrase_table",
+    "render_overlay",
+    "write_examples",
+]
