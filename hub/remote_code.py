@@ -23,9 +23,9 @@ What [`add_remote_code`] does:
 
 - copies the files that define `EpngConfig`, `EpngForPanopticNarrativeGrounding`, `EpngProcessor` and
   `EpngImageProcessor` (`configuration_epng.py`, `modeling_epng.py`, `processing_epng.py`, `image_processing_epng.py`)
-  and, recursively, every file they import relatively (`attention.py`, `communicator.py`, `losses.py`): transformers' loader copies
-  exactly that closure into its `transformers_modules` cache. The files are copied from the installed package at save
-  time, so the package stays their only source.
+  and, recursively, every file they import relatively (`attention.py`, `communicator.py`, `losses.py`,
+  `phrase_extraction.py`): transformers' loader copies exactly that closure into its `transformers_modules` cache.
+  The files are copied from the installed package at save time, so the package stays their only source.
 - writes `auto_map` into `config.json` (`AutoConfig`, `AutoModel`), into `processor_config.json` (`AutoProcessor`,
   and `AutoImageProcessor` in its nested `image_processor` entry, which is where transformers 5 stores the image
   processor) and into a legacy `preprocessor_config.json` if there is one. The processor code is only added when the

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .phrase_extraction import extract_phrase_spans
+
 PhraseSpec = tuple[int, int] | str
 
 _SNIPPET_LENGTH = 40
@@ -117,7 +119,7 @@ class EpngProcessor(ProcessorMixin):
         self,
         images: Any | None = None,
         text: str | Sequence[str] | None = None,
-        phrases: Sequence[PhraseSpec] | Sequence[Sequence[PhraseSpec]] | None = None,
+        phrases: Sequence[PhraseSpec] | Sequence[Sequence[PhraseSpec]] | str | None = None,
         panoptic_maps: Any | None = None,
         phrase_segment_ids: Sequence[Sequence[int]] | Sequence[Sequence[Sequence[int]]] | None = None,
         known_segment_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -125,6 +127,7 @@ class EpngProcessor(ProcessorMixin):
         max_length: int = 300,
         padding: bool | str = "longest",
         return_original_sizes: bool = False,
+        spacy_model: str | None = None,
         **image_processor_kwargs,
     ) -> BatchFeature:
         r"""
@@ -139,6 +142,8 @@ class EpngProcessor(ProcessorMixin):
             phrases (`list[tuple[int, int] | str]` per narrative, *optional*):
                 The grounded phrases of each narrative, as `(char_start, char_end)` spans or as strings matched left
                 to right (see [`resolve_phrase_spans`]). Phrase `i` is slot `i` of `phrase_mask` / `mask_labels`.
+                `"auto"` finds the groundable noun phrases (see [`extract_phrase_spans`]; needs spaCy) and returns their
+                spans as `phrase_spans`.
             panoptic_maps (panoptic map or list of them, *optional*):
                 Per image, its panoptic map at original resolution; with `phrase_segment_ids`, builds `mask_labels`.
             phrase_segment_ids (`list[list[int]]` per narrative, *optional*):
@@ -154,6 +159,8 @@ class EpngProcessor(ProcessorMixin):
                 Tokenizer padding strategy (`"longest"` or `"max_length"`).
             return_original_sizes (`bool`, *optional*, defaults to `False`):
                 Also return `original_sizes` (list of `(H, W)` per image, for [`post_process_grounding`]).
+            spacy_model (`str`, *optional*):
+                The installed spaCy English pipeline that `phrases="auto"` parses with; defaults to the small one.
             image_processor_kwargs (*optional*):
                 Per-call overrides passed to the image processor (e.g. `size`).
 
@@ -161,7 +168,8 @@ class EpngProcessor(ProcessorMixin):
             [`BatchFeature`] with, as present: `pixel_values` float `(B, 3, H, W)`; `input_ids`, `attention_mask`
             `(B, T)`; `phrase_ids` long `(B, T)` (phrase index of each token, -1 for none); `phrase_mask` bool
             `(B, P)` (P = largest phrase count of the batch); `mask_labels` boolean `(B, P, H, W)` (zeros in
-            padding slots); `original_sizes`.
+            padding slots); `original_sizes`; `phrase_spans` (with `phrases="auto"`: per narrative, the list of
+            `(char_start, char_end)` of its phrases).
         """
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
@@ -173,6 +181,11 @@ class EpngProcessor(ProcessorMixin):
         if has_targets and (images is None or phrases is None):
             raise ValueError("Mask targets need `images` and `phrases` besides `panoptic_maps`/`phrase_segment_ids`.")
 
+        automatic_phrases = isinstance(phrases, str)
+        if automatic_phrases:
+            if phrases != "auto":
+                raise ValueError(f"`phrases` must be 'auto' or the phrases of each narrative, got {phrases!r}.")
+            phrases = extract_phrase_spans(text, spacy_model)
         if isinstance(text, str):
             text = [text]
             phrases = None if phrases is None else [phrases]
@@ -182,6 +195,8 @@ class EpngProcessor(ProcessorMixin):
                 panoptic_maps = [panoptic_maps]
 
         data: dict[str, Any] = {}
+        if automatic_phrases:
+            data["phrase_spans"] = phrases
         if text is not None:
             data.update(self._encode_text(list(text), phrases, max_length, padding))
         if images is not None:
@@ -207,7 +222,7 @@ class EpngProcessor(ProcessorMixin):
             if "mask_labels" in image_inputs:
                 data["mask_labels"] = self._pad_mask_labels(image_inputs["mask_labels"], data["phrase_mask"].shape[1])
 
-        batch = BatchFeature(data, skip_tensor_conversion=["original_sizes"])
+        batch = BatchFeature(data, skip_tensor_conversion=["original_sizes", "phrase_spans"])
         return batch.convert_to_tensors("np") if return_tensors == "np" else batch
 
     def _encode_text(

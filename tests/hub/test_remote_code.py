@@ -26,6 +26,7 @@ PACKAGE_CODE_FILES = {
     "communicator.py": "modeling_epng/communicator.py",
     "processing_epng.py": "modeling_epng/processing_epng.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
+    "phrase_extraction.py": "modeling_epng/phrase_extraction.py",
 }
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
