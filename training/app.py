@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from processing.examples import load_examples
 from training.app_backend import (
     DEFAULT_MAX_IMAGE_PIXELS,
     TABLE_HEADERS,
@@ -24,7 +25,6 @@ from training.app_backend import (
     Grounder,
     check_narrative,
     highlighted_narrative,
-    load_examples,
     open_image,
     parse_phrases,
     phrase_colors,

@@ -11,12 +11,10 @@ from training.app_backend import (
     AppInputError,
     Grounder,
     highlighted_narrative,
-    load_examples,
     open_image,
     parse_phrases,
     phrase_table,
     render_overlay,
-    write_examples,
 )
 
 NARRATIVE = "In this picture we can see a red circle and a blue square. The red circle is above the sky."
@@ -131,23 +129,6 @@ def test_a_failing_model_gives_one_line_not_a_traceback(handlers, image_file, mo
     with pytest.raises(gr.Error) as error:
         handlers.ground(image_file, NARRATIVE, PHRASES, 0.5)
     assert error.value.message == "Grounding failed: RuntimeError: out of memory"
-
-
-def test_examples_from_the_synthetic_benchmark_and_their_copy(tmp_path):
-    from processing.synthetic import generate
-
-    root = generate(tmp_path / "synthetic", num_train=1, num_val=3, seed=0)
-    examples = load_examples(root, limit=2)
-    assert len(examples) == 2
-    for example in examples:
-        assert Image.open(example.image).size[0] > 0
-        assert example.phrases and all(phrase in example.narrative for phrase in example.phrases)
-    written = write_examples(examples, tmp_path / "space_examples")
-    assert written[-1] == "examples.json" and len(written) == 3
-    assert [(e.narrative, e.phrases) for e in load_examples(tmp_path / "space_examples")] == [
-        (e.narrative, e.phrases) for e in examples
-    ]
-    assert load_examples(tmp_path / "nowhere") == []
 
 
 def test_demo_page_has_the_inputs_outputs_and_examples(grounder, tmp_path):
