@@ -1,12 +1,13 @@
 """Web app: ground a narrative on an uploaded image with an EPNG model, in the browser (Gradio).
 
     python -m training.app --model_name_or_path outputs/demo/model [--examples_dir outputs/demo/png_synthetic]
-                           [--server_name 127.0.0.1] [--server_port 7860] [--max_image_pixels 16000000]
+                           [--server_name ADDRESS] [--server_port 7860] [--max_image_pixels 16000000]
 
-The page shows the narrative with each phrase highlighted in the colour of its mask, the overlay, a table of the
-phrases with their scores, and one switch per phrase that redraws the overlay with only the switched-on masks.
-Bad input (no image, no narrative, a phrase not in the narrative, a huge image) is answered by a message in the page.
-Needs the `app` extra: `pip install -e ".[app]"`.
+The narrative's noun phrases are found automatically (spaCy, the `phrases` extra) or typed in a phrase box. The
+page shows the narrative with each phrase highlighted in the colour of its mask, the overlay, a table of the phrases
+with their scores, and one switch per phrase that redraws the overlay with only the switched-on masks. Bad input (no
+image, no narrative, no noun phrase, a phrase not in the narrative, a huge image) gets a message in the page.
+Needs the `app` extra (which includes `phrases`): `pip install -e ".[app]"`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 TITLE = "EPNG: Panoptic Narrative Grounding"
 DESCRIPTION = (
-    "Upload an image, describe it in a few sentences, and list the noun phrases of your description to ground "
-    "(one per line or separated by `;`, in the order they appear). Each phrase gets a mask, drawn in its colour."
+    "Upload an image and describe it in a few sentences. Every noun phrase of the description that names something "
+    "in the image gets a mask, drawn in the phrase's colour. The phrases are found automatically; to choose them "
+    "yourself, list them in the phrase box (one per line or separated by `;`, in the order they appear)."
 )
 
 
@@ -50,7 +52,7 @@ class GroundingHandlers:
         self.max_image_pixels = max_image_pixels
 
     def ground(self, image_path, narrative, phrases_text, threshold):
-        """Ground the typed phrases. Returns (highlighted narrative, overlay, table, switches, session state)."""
+        """Ground the typed phrases, or the automatic ones when none are typed. Returns (highlighted narrative, overlay, table, switches, session state)."""
         try:
             image = open_image(image_path, self.max_image_pixels)
             narrative = check_narrative(narrative)
@@ -95,9 +97,9 @@ def build_demo(
                 image = gr.Image(type="filepath", label="Image", elem_id="image-input")
                 narrative = gr.Textbox(label="Narrative", lines=4, elem_id="narrative-input")
                 phrases = gr.Textbox(
-                    label="Noun phrases to ground",
-                    lines=3,
-                    placeholder="one per line, or separated by ';'",
+                    label="Noun phrases to ground (optional)",
+                    lines=2,
+                    placeholder="empty: found automatically; else one per line, or separated by ';'",
                     elem_id="phrases-input",
                 )
                 threshold = gr.Slider(0.05, 0.95, value=grounder.default_threshold, step=0.05, label="Mask threshold")
@@ -117,14 +119,14 @@ def build_demo(
         examples = load_examples(examples_dir) if examples_dir else []
         if examples:
             gr.Examples(
-                [[example.image, example.narrative, "\n".join(example.phrases)] for example in examples],
-                inputs=[image, narrative, phrases],
+                [[example.image, example.narrative] for example in examples],
+                inputs=[image, narrative],
                 label="Examples (synthetic validation images)",
             )
     return demo
 
 
-def launch(demo: gr.Blocks, server_name: str, server_port: int | None, examples_dir: str | Path | None) -> None:
+def launch(demo: gr.Blocks, server_name: str | None, server_port: int | None, examples_dir: str | Path | None) -> None:
     demo.queue(default_concurrency_limit=1).launch(
         server_name=server_name,
         server_port=server_port,
@@ -141,7 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         "--model_name_or_path", required=True, help="EPNG folder saved with save_pretrained, or a Hub model id"
     )
     parser.add_argument("--examples_dir", help="examples.json folder or PNG-format benchmark root (val2017)")
-    parser.add_argument("--server_name", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument(
+        "--server_name",
+        default=None,
+        help="address to listen on (default: $GRADIO_SERVER_NAME, which a Space sets, else 127.0.0.1: loopback only)",
+    )
     parser.add_argument("--server_port", type=int, default=None, help="port (default: first free one from 7860)")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
     parser.add_argument("--device", default=None, help="torch device of the model (default: cpu)")

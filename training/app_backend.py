@@ -113,20 +113,26 @@ class Grounder:
 
     @torch.inference_mode()
     def __call__(
-        self, image: Image.Image, narrative: str, phrases: Sequence[str], threshold: float | None = None
+        self, image: Image.Image, narrative: str, phrases: Sequence[str] = (), threshold: float | None = None
     ) -> list[GroundedPhrase]:
-        """Ground `phrases` (strings matched left to right in `narrative`) on `image`.
+        """Ground `phrases` (strings matched left to right in `narrative`), or, when none are given, the noun phrases
+        found automatically (the processor's `phrases="auto"`), on `image`.
 
         Returns:
-            `list[GroundedPhrase]`, one per phrase, in the given order.
+            `list[GroundedPhrase]`, one per phrase, in narrative order.
         """
-        if not phrases:
-            raise AppInputError("Type the noun phrases to ground, one per line or separated by ';'.")
         try:
-            spans = resolve_phrase_spans(narrative, phrases)
-        except ValueError as error:
+            spans = resolve_phrase_spans(narrative, phrases) if phrases else "auto"
+            inputs = self.processor(images=image, text=narrative, phrases=spans, return_original_sizes=True)
+        except (ValueError, ImportError) as error:
             raise AppInputError(str(error)) from error
-        inputs = self.processor(images=image, text=narrative, phrases=spans, return_original_sizes=True)
+        if spans == "auto":
+            spans = inputs.pop("phrase_spans")[0]
+            if not spans:
+                raise AppInputError(
+                    "No noun phrase to ground was found in the narrative: name the things and the stuff you see "
+                    "(e.g. 'a dog on the grass'), or type the phrases in the phrase box."
+                )
         original_sizes = inputs.pop("original_sizes")
         inputs = inputs.to(self.model.device)
         outputs = self.model(**inputs)

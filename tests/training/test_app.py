@@ -58,6 +58,16 @@ def test_grounding_gives_one_mask_per_phrase_at_the_image_size(grounder, image_f
     assert everything[0].mask.all() and phrase_table(everything)[0][4] == 100.0
 
 
+def test_automatic_phrases_when_none_are_typed(handlers, image_file):
+    _, _, table, switches, state = handlers.ground(image_file, NARRATIVE, "  ", 0.5)
+    phrases = [row[1] for row in table]
+    # spaCy's noun chunks without the narrator ("we") and the framing phrase ("this picture")
+    assert phrases == ["a red circle", "a blue square", "The red circle", "the sky"]
+    assert all(NARRATIVE[p.start : p.end] == p.phrase for p in state["phrases"])
+    assert state["phrases"][2].start == NARRATIVE.index("The red circle")
+    assert len(switches.choices) == 4
+
+
 def test_highlighted_pieces_rebuild_the_narrative_with_labelled_phrases(grounder, image_file):
     phrases = grounder(open_image(image_file), NARRATIVE, parse_phrases(PHRASES))
     pieces = highlighted_narrative(NARRATIVE, phrases)
@@ -100,7 +110,7 @@ def test_switching_phrases_off_redraws_the_overlay(grounder, image_file):
     [
         (None, NARRATIVE, PHRASES, "Upload an image first"),
         ("image", "   ", PHRASES, "Type a narrative"),
-        ("image", NARRATIVE, "", "Type the noun phrases to ground"),
+        ("image", "In this picture we can see the left side.", "", "No noun phrase to ground was found"),
         ("image", NARRATIVE, "a green triangle", "Phrase 'a green triangle' not found"),
         ("image", "x" * 2001, "x", "at most 2000"),
     ],
