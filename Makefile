@@ -1,6 +1,7 @@
 # The two commands of the README. Each creates its own virtual environment (.venv) and installs what it needs.
 #   make demo   generate synthetic PNG data, train a small EPNG on CPU, evaluate, save, draw overlays
 #   make test   run the test suite
+#   make lint   ruff check + ruff format --check (CI runs it before the tests)
 #   make app    start the web app on the demo's model (after `make demo`), at http://127.0.0.1:7860
 VENV ?= .venv
 PYTHON ?= python3
@@ -9,7 +10,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_DIR ?= outputs/demo
 
-.PHONY: demo test app install
+.PHONY: demo test lint app install
 
 install: $(VENV)/.installed
 
@@ -29,6 +30,10 @@ test: install
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		echo "NOTE: the web app's browser test (tests/training/test_app_browser.py) did NOT run: Chromium is" \
 		"missing. Install it with: apt-get install -y chromium chromium-driver"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 app: install
 	@test -d $(DEMO_DIR)/model || { echo "error: $(DEMO_DIR)/model does not exist: run \`make demo\` first"; exit 2; }

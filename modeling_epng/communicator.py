@@ -1,9 +1,24 @@
+# Copyright 2026 The EPNG Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """The multi-modal communicator of EPNG: S layers of [LPA over pixel tokens, cross attention to phrases, FFN].
 
 Shapes: pixel tokens (B, N, C) with N = H/16 * W/16 grid cells, phrase embeddings (B, P, C), phrase mask (B, P).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,11 +119,12 @@ class EpngCommunicator(nn.Module):
         phrase_embeddings: torch.Tensor,
         phrase_mask: torch.Tensor,
         output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        output_hidden_states: bool | Sequence[int] = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...] | None, tuple[torch.Tensor, ...] | None]:
         """pixel_map (B, C, h, w) -> (B, C, h, w), plus, if asked, the pixel tokens (B, h * w, C) entering the first
         layer and leaving every layer (S + 1 tensors), and the LPA probabilities (B, heads, h * w, h * w) of every
-        layer (S tensors)."""
+        layer (S tensors). `output_hidden_states` may list the indices to keep (negative ones count from the end),
+        as in transformers; the other entries are then `None`."""
         batch_size, channels, height, width = pixel_map.shape
         tokens = pixel_map.flatten(2).transpose(1, 2)
         positions = None
@@ -122,8 +138,13 @@ class EpngCommunicator(nn.Module):
             hidden_states.append(tokens)
             attentions.append(probabilities)
         pixel_map = tokens.transpose(1, 2).reshape(batch_size, channels, height, width)
+        if isinstance(output_hidden_states, Sequence):
+            kept = {index % len(hidden_states) for index in output_hidden_states}
+            hidden_states = [state if index in kept else None for index, state in enumerate(hidden_states)]
+        elif not output_hidden_states:
+            hidden_states = None
         return (
             pixel_map,
-            tuple(hidden_states) if output_hidden_states else None,
+            None if hidden_states is None else tuple(hidden_states),
             tuple(attentions) if output_attentions else None,
         )

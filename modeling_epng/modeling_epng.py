@@ -1,3 +1,16 @@
+# Copyright 2026 The EPNG Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """EPNG: one-stage Panoptic Narrative Grounding network.
 
 Data flow (shapes for an H x W input, C = hidden_size):
@@ -352,7 +365,7 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         mask_labels: torch.Tensor | None = None,
         phrase_features: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         return_dict: bool | None = None,
     ) -> EpngOutput | tuple:
         r"""
@@ -369,8 +382,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
                 features; when given, the text encoder is skipped (cached-feature training).
             output_attentions (`bool`, *optional*): return the LPA probabilities of every communicator layer as
                 `attentions`; defaults to `config.output_attentions`.
-            output_hidden_states (`bool`, *optional*): return the communicator's pixel tokens as `hidden_states`;
-                defaults to `config.output_hidden_states`.
+            output_hidden_states (`bool` or `list[int]`, *optional*): return the communicator's pixel tokens as
+                `hidden_states` (a list of indices keeps only those entries, the others are `None`); defaults to
+                `config.output_hidden_states`.
             return_dict (`bool`, *optional*): return an `EpngOutput` (default) or a tuple.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict

@@ -9,6 +9,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 from epng_testing import tiny_config_kwargs  # noqa: E402
 
+# transformers' common tests are mixins that tests/modeling_epng/test_transformers_common.py runs; on their own they
+# hold no test.
+collect_ignore = ["transformers_common"]
+
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected
 def pytest_collection_modifyitems(config, items):
