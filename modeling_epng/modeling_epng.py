@@ -318,6 +318,16 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
             "without_text_encoder": count(self) - count(self.phrase_encoder.text_encoder),
         }
 
+    def optimize_for_inference(
+        self, dtype: str = "auto", compile: bool = False, channels_last: bool = True, fold_batch_norms: bool = True
+    ) -> EpngForPanopticNarrativeGrounding:
+        """Prepare the model for inference, in place, and return it: bf16 autocast where the hardware computes bf16
+        natively (`dtype="auto"`), channels_last, batch norms folded into the convolutions, optionally
+        `torch.compile`. Outputs stay within 1e-2 of fp32 in probability. See `modeling_epng/inference.py`."""
+        from .inference import optimize_for_inference
+
+        return optimize_for_inference(self, dtype, compile, channels_last, fold_batch_norms)
+
     def upsample_to_mask_stride(self, feature_map: torch.Tensor) -> torch.Tensor:
         """(B, K, H/16, W/16) -> (B, K, H/4, W/4), bilinear."""
         scale = FUSED_STRIDE // MASK_STRIDE

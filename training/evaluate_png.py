@@ -38,10 +38,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_samples", type=int, default=None)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--output_dir", default=None, help="where to write CSV/PNG/JSON; default: no files")
+    parser.add_argument(
+        "--no_optimize",
+        action="store_true",
+        help="run the plain fp32 eager model instead of the inference fast path (model.optimize_for_inference())",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also torch.compile the fast path: about a minute per input shape on a CPU, so for long evaluations",
+    )
     args = parser.parse_args(argv)
 
     accelerator = Accelerator()
     model = EpngForPanopticNarrativeGrounding.from_pretrained(args.model_name_or_path).to(accelerator.device)
+    if not args.no_optimize:
+        model.optimize_for_inference(compile=args.compile)
     processor = EpngProcessor.from_pretrained(args.model_name_or_path)
     if args.image_size is not None:
         if args.image_size % 32:

@@ -1,0 +1,191 @@
+"""Inference fast path of EPNG: the settings `EpngForPanopticNarrativeGrounding.optimize_for_inference` applies.
+
+* dtype: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU of compute capability >= 8.0; a CPU
+  whose kernels torch runs with AVX-512 and that has `avx512_bf16` or AMX), fp32 elsewhere: without native support
+  bf16 is emulated and slower than fp32. Autocast keeps the weights in fp32 and runs softmax, LayerNorm and the losses
+  in fp32; the mask logits come back as fp32.
+* channels_last weights and inputs: oneDNN's (CPU) and cuDNN's fastest convolutions work in that layout.
+* batch-norm folding: every batch norm that directly follows a convolution (frozen ones and `nn.BatchNorm2d` in eval
+  mode) is folded into the convolution's weight and bias, which removes a full pass over each feature map.
+* compile (opt-in): `torch.compile` with dynamic shapes. Compiling costs about a minute per process and input shape on
+  a CPU, so it pays only in long-running processes that see the same shapes many times (evaluation, a server), not in
+  a one-shot command line run. An exported artefact (`python -m hub.export`) gives the compiled speed without that
+  minute; when one next to the weights matches the machine it is used instead of compiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# torch.backends.cpu.get_cpu_capability() values under which torch's CPU kernels use AVX-512 instructions.
+AVX512_CAPABILITIES = ("AVX512", "AVX512_BF16", "AVX512_VNNI", "AMX")
+
+
+@dataclass
+class EpngInferenceSettings:
+    """What `optimize_for_inference` applied to a model (kept as `model.inference_settings`).
+
+    Args:
+        dtype: `"bf16"` (autocast) or `"fp32"`.
+        dtype_reason: why that dtype was picked.
+        channels_last: weights (and inputs) in channels_last memory format.
+        folded_batch_norms: number of batch norms folded into their convolutions.
+        compiled: the forward runs through `torch.compile`.
+        artifact: path of the exported artefact the forward runs, or None.
+    """
+
+    dtype: str
+    dtype_reason: str
+    channels_last: bool
+    folded_batch_norms: int
+    compiled: bool
+    artifact: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        match = re.search(r"^flags\s*:\s*(.*)$", cpuinfo.read(), re.MULTILINE)
+        return set(match.group(1).split()) if match else set()
+    return set()
+
+
+def native_bf16_reason(device: torch.device | str) -> tuple[bool, str]:
+    """Whether `device` computes bf16 matrix products natively, and why (or why not)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        native = (major, minor) >= (8, 0)
+        return native, f"CUDA compute capability {major}.{minor} ({'>=' if native else '<'} 8.0)"
+    if device.type != "cpu":
+        return False, f"no bf16 rule for device type {device.type!r}"
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16_flags = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    if capability not in AVX512_CAPABILITIES:
+        return False, f"torch runs {capability} kernels on this CPU (bf16 needs AVX-512 with avx512_bf16 or AMX)"
+    if not bf16_flags:
+        return False, f"CPU with {capability} but without avx512_bf16 or amx_bf16 (bf16 would be emulated)"
+    return True, f"CPU with {capability} and {' + '.join(bf16_flags)}"
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> tuple[str, str]:
+    """`"auto"`, `"bf16"`, `"fp32"` (or the torch dtype) -> (`"bf16"` or `"fp32"`, reason)."""
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+    dtype = names.get(dtype, dtype)
+    if dtype in DTYPES:
+        return dtype, "asked for"
+    if dtype != "auto":
+        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {dtype!r}")
+    native, reason = native_bf16_reason(device)
+    return ("bf16" if native else "fp32"), reason
+
+
+def _conv_batch_norm_pairs(module: nn.Module):
+    """(parent, batch-norm attribute name, conv) for every convolution directly followed by a batch norm: the
+    `convolution` + `normalization` pair of transformers' conv layers (ResNet, RegNet, ...) and consecutive entries
+    of an `nn.Sequential`."""
+    from .modeling_epng import EpngFrozenBatchNorm2d
+
+    norms = (EpngFrozenBatchNorm2d, nn.BatchNorm2d)
+    for parent in module.modules():
+        convolution, normalization = getattr(parent, "convolution", None), getattr(parent, "normalization", None)
+        if isinstance(convolution, nn.Conv2d) and isinstance(normalization, norms):
+            yield parent, "normalization", convolution
+        if isinstance(parent, nn.Sequential):
+            children = list(parent.named_children())
+            for (_, first), (name, second) in zip(children, children[1:], strict=False):
+                if isinstance(first, nn.Conv2d) and isinstance(second, norms):
+                    yield parent, name, first
+
+
+@torch.no_grad()
+def fold_batch_norms_into_convolutions(module: nn.Module) -> int:
+    """Fold every batch norm that directly follows a convolution into it (in place); returns how many were folded.
+
+    y = (conv(x) - mean) * weight / sqrt(var + eps) + bias becomes conv'(x) with the convolution's output channels
+    scaled by weight / sqrt(var + eps) and a bias of bias - mean * scale (+ the scaled old bias). `nn.BatchNorm2d`
+    layers must be in eval mode (their running statistics are what gets folded).
+    """
+    pairs = list(_conv_batch_norm_pairs(module))
+    for parent, name, convolution in pairs:
+        norm = getattr(parent, name)
+        if isinstance(norm, nn.BatchNorm2d) and (norm.training or norm.running_mean is None):
+            raise ValueError(f"cannot fold {type(norm).__name__} {name!r}: it is in training mode or has no statistics")
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        if convolution.bias is not None:
+            shift = shift + convolution.bias * scale
+        convolution.weight.mul_(scale.reshape(-1, 1, 1, 1).to(convolution.weight.dtype))
+        convolution.bias = nn.Parameter(shift.to(convolution.weight.dtype), requires_grad=False)
+        setattr(parent, name, nn.Identity())
+    return len(pairs)
+
+
+def _autocast_forward(forward, device_type: str, dtype: torch.dtype, channels_last: bool):
+    """`forward` under autocast to `dtype`, with pixel values in channels_last and floating outputs back in fp32."""
+
+    @functools.wraps(forward)
+    def fast_forward(*args, **kwargs):
+        if channels_last and kwargs.get("pixel_values") is not None:
+            kwargs["pixel_values"] = kwargs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+            output = forward(*args, **kwargs)
+        if dtype == torch.float32:
+            return output
+        for key, value in output.items() if hasattr(output, "items") else ():
+            if torch.is_tensor(value) and value.is_floating_point():
+                output[key] = value.float()
+        return output
+
+    return fast_forward
+
+
+def optimize_for_inference(
+    model,
+    dtype: str | torch.dtype = "auto",
+    compile: bool = False,
+    channels_last: bool = True,
+    fold_batch_norms: bool = True,
+):
+    """Prepare an `EpngForPanopticNarrativeGrounding` for inference, in place; see the module docstring.
+
+    Args:
+        dtype: `"auto"` (bf16 where computed natively, fp32 elsewhere), `"bf16"` or `"fp32"`.
+        compile: `torch.compile` the forward (dynamic shapes). Off by default: on a CPU it costs about a minute per
+            process and input shape; it pays in long-running processes only.
+        channels_last: convolution weights and pixel values in channels_last memory format.
+        fold_batch_norms: fold the batch norms that follow convolutions into them.
+
+    Returns:
+        The model, in eval mode without gradients, with `model.inference_settings` ([`EpngInferenceSettings`]).
+        It is meant for inference only: its folded weights no longer have the batch-norm entries of the checkpoint,
+        so save the original model, not this one.
+    """
+    if getattr(model, "inference_settings", None) is not None:
+        logger.info("The model is already prepared for inference; it is returned unchanged.")
+        return model
+    device = model.device
+    dtype_name, reason = resolve_dtype(dtype, device)
+    model.eval().requires_grad_(False)
+    folded = fold_batch_norms_into_convolutions(model) if fold_batch_norms else 0
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.forward = _autocast_forward(model.forward, device.type, DTYPES[dtype_name], channels_last)
+    if compile:
+        model.compile()
+    model.inference_settings = EpngInferenceSettings(dtype_name, reason, channels_last, folded, compile)
+    logger.info(f"EPNG inference settings: {model.inference_settings.to_dict()}")
+    return model

@@ -1,0 +1,99 @@
+"""The inference fast path (`optimize_for_inference`): parity with fp32 eager, batch-norm folding, dtype choice."""
+
+import pytest
+import torch
+from epng_testing import tiny_config_kwargs
+
+from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, inference
+from modeling_epng.modeling_epng import EpngFrozenBatchNorm2d
+
+MAX_PROBABILITY_ERROR = 1e-2
+
+
+def make_model(**overrides):
+    """A tiny model whose batch norms have non-trivial statistics (the defaults would make folding a no-op)."""
+    torch.manual_seed(0)
+    model = EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs(**overrides))).eval()
+    for module in model.modules():
+        if isinstance(module, EpngFrozenBatchNorm2d | torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    return model
+
+
+def make_inputs(height, width, num_phrases, batch_size=2, seq_len=16):
+    generator = torch.Generator().manual_seed(height + num_phrases)
+    input_ids = torch.randint(1000, 2000, (batch_size, seq_len), generator=generator)
+    phrase_ids = torch.full((batch_size, seq_len), -1)
+    for phrase in range(num_phrases):
+        phrase_ids[:, 1 + 2 * phrase : 3 + 2 * phrase] = phrase
+    return {
+        "pixel_values": torch.randn(batch_size, 3, height, width, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "phrase_ids": phrase_ids,
+        "phrase_mask": torch.ones(batch_size, num_phrases, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize("freeze_backbone_batch_norm", [True, False])
+def test_fast_path_matches_fp32_across_image_sizes_and_phrase_counts(freeze_backbone_batch_norm):
+    reference = make_model(freeze_backbone_batch_norm=freeze_backbone_batch_norm)
+    fast = make_model(freeze_backbone_batch_norm=freeze_backbone_batch_norm)
+    # bf16 asked for explicitly, so that the test covers it on CPUs where "auto" picks fp32 too.
+    assert fast.optimize_for_inference(dtype="bf16") is fast
+    settings = fast.inference_settings
+    assert (settings.dtype, settings.channels_last, settings.compiled) == ("bf16", True, False)
+    norms = (EpngFrozenBatchNorm2d, torch.nn.BatchNorm2d)
+    assert settings.folded_batch_norms > 0 and not any(isinstance(m, norms) for m in fast.modules())
+    assert not fast.training and not any(parameter.requires_grad for parameter in fast.parameters())
+    for height, width, num_phrases in [(64, 96, 3), (96, 64, 5)]:
+        inputs = make_inputs(height, width, num_phrases)
+        with torch.inference_mode():
+            expected = reference(**inputs).mask_logits
+            actual = fast(**inputs).mask_logits
+        assert actual.dtype == torch.float32 and actual.shape == (2, num_phrases, height // 4, width // 4)
+        assert (actual.sigmoid() - expected.sigmoid()).abs().max() <= MAX_PROBABILITY_ERROR
+
+
+def test_folding_alone_is_exact_in_fp32():
+    reference, fast = make_model(), make_model()
+    fast.optimize_for_inference(dtype="fp32", channels_last=False)
+    inputs = make_inputs(64, 64, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(**inputs).mask_logits, reference(**inputs).mask_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_folding_a_training_batch_norm_is_refused():
+    model = make_model(freeze_backbone_batch_norm=False).train()
+    with pytest.raises(ValueError, match="training mode"):
+        inference.fold_batch_norms_into_convolutions(model)
+
+
+def test_preparing_twice_changes_nothing():
+    model = make_model().optimize_for_inference(dtype="fp32")
+    settings, forward = model.inference_settings, model.forward
+    assert model.optimize_for_inference(dtype="bf16") is model
+    assert model.inference_settings is settings and model.forward is forward
+
+
+@pytest.mark.parametrize(
+    "capability, flags, expected",
+    [
+        ("AVX512", {"avx512f", "avx512_bf16"}, "bf16"),
+        ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, "bf16"),
+        ("AVX512", {"avx512f", "avx512_vnni"}, "fp32"),
+        ("AVX2", {"avx2", "avx512_bf16"}, "fp32"),  # torch would not run its AVX-512 bf16 kernels
+        ("DEFAULT", set(), "fp32"),
+    ],
+)
+def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it(monkeypatch, capability, flags, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(inference, "cpu_flags", lambda: flags)
+    dtype, reason = inference.resolve_dtype("auto", "cpu")
+    assert dtype == expected and capability in reason
+    assert inference.resolve_dtype("fp32", "cpu")[0] == "fp32"
+    with pytest.raises(ValueError, match="fp16"):
+        inference.resolve_dtype("fp16", "cpu")
