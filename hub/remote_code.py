@@ -26,6 +26,8 @@ What [`add_remote_code`] does:
   and, recursively, every file they import relatively (`attention.py`, `communicator.py`, `losses.py`,
   `phrase_extraction.py`): transformers' loader copies exactly that closure into its `transformers_modules` cache.
   The files are copied from the installed package at save time, so the package stays their only source.
+- with the processor, also copies `pipeline_epng.py` and writes a `custom_pipelines` entry into `config.json`, so
+  `pipeline("panoptic-narrative-grounding", model=..., trust_remote_code=True)` works too.
 - writes `auto_map` into `config.json` (`AutoConfig`, `AutoModel`), into `processor_config.json` (`AutoProcessor`,
   and `AutoImageProcessor` in its nested `image_processor` entry, which is where transformers 5 stores the image
   processor) and into a legacy `preprocessor_config.json` if there is one. The processor code is only added when the
@@ -53,6 +55,7 @@ from pathlib import Path
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+from modeling_epng.pipeline_epng import TASK, EpngPanopticNarrativeGroundingPipeline
 
 # Top-level packages of this project: a copied file importing one of them would not load without the package.
 PROJECT_PACKAGES = ("modeling_epng", "processing", "training", "hub")
@@ -100,13 +103,25 @@ def _add_auto_map(json_file: Path, entries: dict[str, str], image_processor_entr
     json_file.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _add_custom_pipeline(config_file: Path) -> None:
+    """The `custom_pipelines` entry of `config.json` through which `pipeline(model=..., trust_remote_code=True)`
+    finds the task and its class in the folder (what `Pipeline.save_pretrained` writes for a registered task)."""
+    content = json.loads(config_file.read_text(encoding="utf-8"))
+    content.setdefault("custom_pipelines", {})[TASK] = {
+        "impl": class_reference(EpngPanopticNarrativeGroundingPipeline),
+        "pt": ["AutoModel"],
+        "type": "multimodal",
+    }
+    config_file.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def remote_code_files(folder: str | os.PathLike) -> list[Path]:
     """The package's code files that [`add_remote_code`] copies into `folder` (processor code only when the
     folder holds a processor)."""
     folder = Path(folder)
     classes: list[type] = [EpngConfig, EpngForPanopticNarrativeGrounding]
     if any((folder / name).is_file() for name in (PROCESSOR_FILE, LEGACY_PREPROCESSOR_FILE)):
-        classes += [EpngProcessor, EpngImageProcessor]
+        classes += [EpngProcessor, EpngImageProcessor, EpngPanopticNarrativeGroundingPipeline]
     return collect_code_files(classes)
 
 
@@ -137,6 +152,8 @@ def add_remote_code(folder: str | os.PathLike) -> list[Path]:
         config_file,
         {"AutoConfig": class_reference(EpngConfig), "AutoModel": class_reference(EpngForPanopticNarrativeGrounding)},
     )
+    if any(file.name == "pipeline_epng.py" for file in written):
+        _add_custom_pipeline(config_file)
     processor_entry = {"AutoProcessor": class_reference(EpngProcessor)}
     image_processor_entry = {"AutoImageProcessor": class_reference(EpngImageProcessor)}
     if (folder / PROCESSOR_FILE).is_file():

@@ -39,3 +39,10 @@ AutoImageProcessor.register(
 AutoProcessor.register(EpngConfig, EpngProcessor, exist_ok=True)
 
 __all__ += ["EpngImageProcessor", "EpngProcessor"]
+
+# The transformers pipeline task "panoptic-narrative-grounding".
+from modeling_epng.pipeline_epng import EpngPanopticNarrativeGroundingPipeline, register_pipeline  # noqa: E402
+
+register_pipeline()
+
+__all__ += ["EpngPanopticNarrativeGroundingPipeline"]

@@ -59,6 +59,8 @@ CODE_FILES = [
     "image_processing_epng.py",
     "losses.py",
     "modeling_epng.py",
+    "phrase_extraction.py",
+    "pipeline_epng.py",
     "processing_epng.py",
 ]
 EXPECTED_MODEL_FILES = sorted(CHECKPOINT_FILES + CODE_FILES)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from epng_testing import tiny_config_kwargs
@@ -17,6 +18,7 @@ from transformers import AutoTokenizer
 
 from hub.remote_code import PROJECT_PACKAGES, add_remote_code, collect_code_files
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+from modeling_epng.pipeline_epng import EpngPanopticNarrativeGroundingPipeline
 
 PACKAGE_CODE_FILES = {
     "configuration_epng.py": "modeling_epng/configuration_epng.py",
@@ -27,6 +29,7 @@ PACKAGE_CODE_FILES = {
     "processing_epng.py": "modeling_epng/processing_epng.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
     "phrase_extraction.py": "modeling_epng/phrase_extraction.py",
+    "pipeline_epng.py": "modeling_epng/pipeline_epng.py",
 }
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -122,6 +125,13 @@ def test_add_remote_code_copies_package_files_and_writes_auto_map(saved_folder):
         "AutoConfig": "configuration_epng.EpngConfig",
         "AutoModel": "modeling_epng.EpngForPanopticNarrativeGrounding",
     }
+    assert config["custom_pipelines"] == {
+        "panoptic-narrative-grounding": {
+            "impl": "pipeline_epng.EpngPanopticNarrativeGroundingPipeline",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
     processor_config = json.loads((saved_folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_epng.EpngProcessor"}
     assert processor_config["image_processor"]["auto_map"] == {
@@ -161,6 +171,81 @@ def test_folder_loads_and_matches_without_the_package(saved_folder, tmp_path):
     for name, value in local.items():
         torch.testing.assert_close(remote["results"][name], value, rtol=0, atol=0, msg=name)
     assert local["masks"].shape == (3, 50, 70)
+
+
+PIPELINE_CHILD_SCRIPT = """
+import importlib.abc
+import sys
+
+BLOCKED = {blocked!r}
+
+
+class HideProjectPackages(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{{name}} is hidden in this process", name=name)
+        return None
+
+
+sys.meta_path.insert(0, HideProjectPackages())
+import numpy as np
+import torch
+from transformers import pipeline
+
+folder, output = sys.argv[1:]
+image = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
+grounder = pipeline(model=folder, trust_remote_code=True, device="cpu")
+results = grounder(image, {narrative!r})
+torch.save(
+    {{
+        "pipeline_module": type(grounder).__module__,
+        "project_modules": sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED),
+        "phrases": [result["phrase"] for result in results],
+        "masks": torch.from_numpy(np.stack([np.asarray(result["mask"]) for result in results])),
+    }},
+    output,
+)
+"""
+
+
+def test_pipeline_loads_from_the_folder_without_the_package(saved_folder, tmp_path):
+    from transformers import pipeline
+
+    narrative = "In this image we can see a brown dog on the grass next to a red ball."
+    add_remote_code(saved_folder)
+    script = tmp_path / "pipeline_remote.py"
+    script.write_text(PIPELINE_CHILD_SCRIPT.format(blocked=set(PROJECT_PACKAGES), narrative=narrative))
+    output = tmp_path / "pipeline_results.pt"
+    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.run(
+        [sys.executable, "-I", str(script), str(saved_folder), str(output)],
+        check=False,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+
+    remote = torch.load(output, weights_only=True)
+    assert remote["project_modules"] == []
+    assert remote["pipeline_module"].startswith("transformers_modules.")
+    # transformers asks for trust_remote_code once config.json names a custom pipeline, unless given the class.
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("panoptic-narrative-grounding", model=str(saved_folder))
+    local_pipeline = pipeline(
+        "panoptic-narrative-grounding",
+        model=str(saved_folder),
+        pipeline_class=EpngPanopticNarrativeGroundingPipeline,
+        device="cpu",
+    )
+    assert type(local_pipeline) is EpngPanopticNarrativeGroundingPipeline
+    local = local_pipeline(np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8), narrative)
+    assert remote["phrases"] == [result["phrase"] for result in local] == ["a brown dog", "the grass", "a red ball"]
+    torch.testing.assert_close(
+        remote["masks"], torch.from_numpy(np.stack([np.asarray(result["mask"]) for result in local])), rtol=0, atol=0
+    )
 
 
 def test_model_only_folder_gets_model_code_only(tmp_path, tiny_config):

@@ -1,0 +1,211 @@
+# Copyright 2026 The EPNG Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`pipeline("panoptic-narrative-grounding")`: any image + any narrative → one mask per noun phrase.
+
+```python
+import modeling_epng  # registers the task
+from transformers import pipeline
+
+grounder = pipeline("panoptic-narrative-grounding", model="outputs/demo/model")
+for phrase in grounder("photo.jpg", "a woman holding an umbrella next to a red car"):
+    print(phrase["phrase"], phrase["score"], phrase["mask"].size)
+```
+
+A folder pushed with `python -m hub push-model` (or prepared by `python -m hub.remote_code`) carries this file and a
+`custom_pipelines` entry in its `config.json`, so `pipeline(model=repo_id, trust_remote_code=True)` builds it without
+this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+from .processing_epng import resolve_phrase_spans
+
+TASK = "panoptic-narrative-grounding"
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, (str, Image.Image, np.ndarray, torch.Tensor))
+
+
+class EpngPanopticNarrativeGroundingPipeline(Pipeline):
+    r"""
+    Grounds every noun phrase of a narrative to a binary mask of its image with an EPNG model and its
+    [`EpngProcessor`].
+
+    Call it with:
+
+    - `grounder(image, narrative)`: the phrases are found automatically (spaCy, see `extract_phrase_spans`);
+    - `grounder(image, narrative, phrases=["a woman", (30, 41)])`: the given phrases, as strings (matched left to
+      right) or `(char_start, char_end)` spans;
+    - `grounder([(image, narrative), ...], batch_size=8)`, `grounder([image, ...], [narrative, ...])` or a list of
+      `{"image", "narrative", "phrases"}` dicts: one result per pair; a list given as `phrases` holds one phrase list
+      per pair.
+
+    An image is a local path, an http(s) URL, a PIL image or an `(H, W, 3)` array.
+
+    Parameters (at construction or per call):
+        threshold (`float`, *optional*): probability threshold of the masks; defaults to the model config's
+            `mask_threshold`.
+        spacy_model (`str`, *optional*): the installed spaCy English pipeline of the automatic phrases.
+        max_length (`int`, *optional*, defaults to 300): narratives are truncated to this many tokens.
+        timeout (`float`, *optional*): seconds to wait for an image URL.
+
+    Returns:
+        Per narrative, a list with one dict per phrase: `phrase` (`str`, `narrative[start:end]`), `start`, `end`
+        (character offsets), `score` (mean mask probability inside the mask, 0 for an empty mask) and `mask` (PIL image
+        of mode `"L"` at the original image size, 255 inside the mask). A phrase that truncation to `max_length`
+        leaves without tokens is left out (the processor warns).
+    """
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, threshold=None, spacy_model=None, max_length=None, timeout=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Unknown arguments of the {TASK} pipeline: {sorted(kwargs)}")
+        preprocess_params, postprocess_params = {}, {}
+        if spacy_model is not None:
+            preprocess_params["spacy_model"] = spacy_model
+        if max_length is not None:
+            preprocess_params["max_length"] = max_length
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        if threshold is not None:
+            if not 0.0 < threshold < 1.0:
+                raise ValueError(f"`threshold` must be in (0, 1), got {threshold}")
+            postprocess_params["threshold"] = threshold
+        return preprocess_params, {}, postprocess_params
+
+    def __call__(self, images, narratives=None, phrases="auto", **kwargs):
+        """Ground one `(image, narrative)` pair or a list of them (see the class docstring)."""
+        single = narratives is not None and isinstance(narratives, str)
+        if single:
+            return super().__call__({"image": images, "narrative": narratives, "phrases": phrases}, **kwargs)
+        if narratives is not None:
+            if not isinstance(images, (list, tuple)) or len(images) != len(narratives):
+                raise ValueError("Give as many images as narratives.")
+            pairs = list(zip(images, narratives, strict=True))
+        elif isinstance(images, dict):
+            return super().__call__({"phrases": phrases, **images}, **kwargs)
+        elif isinstance(images, (list, tuple)) and images:
+            pairs = list(images)
+        else:
+            raise ValueError("Give an image and a narrative, or a list of (image, narrative) pairs.")
+        if phrases != "auto" and (
+            not isinstance(phrases, (list, tuple))
+            or len(phrases) != len(pairs)
+            or any(isinstance(pair_phrases, str) and pair_phrases != "auto" for pair_phrases in phrases)
+        ):
+            raise ValueError("With a list of narratives, `phrases` holds one phrase list per narrative.")
+        inputs = []
+        for index, pair in enumerate(pairs):
+            pair_phrases = phrases if phrases == "auto" else phrases[index]
+            if isinstance(pair, dict):
+                inputs.append({"phrases": pair_phrases, **pair})
+            elif isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_image(pair[0]):
+                inputs.append({"image": pair[0], "narrative": pair[1], "phrases": pair_phrases})
+            else:
+                raise ValueError(f"Input {index} is not an (image, narrative) pair nor a dict: {type(pair).__name__}")
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, inputs: dict, spacy_model=None, max_length=300, timeout=None) -> dict:
+        narrative = inputs.get("narrative")
+        if not isinstance(narrative, str) or not narrative.strip():
+            raise ValueError(f"The narrative must be a non-empty string, got {narrative!r}")
+        image = inputs.get("image")
+        if isinstance(image, str):
+            image = load_image(image, timeout=timeout)
+        phrases = inputs.get("phrases", "auto")
+        if not isinstance(phrases, str):
+            phrases = resolve_phrase_spans(narrative, phrases)
+        encoded = self.processor(
+            images=image,
+            text=narrative,
+            phrases=phrases,
+            max_length=max_length,
+            return_original_sizes=True,
+            spacy_model=spacy_model,
+        )
+        spans = encoded["phrase_spans"][0] if isinstance(phrases, str) else phrases
+        return {
+            "pixel_values": encoded["pixel_values"],
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            # Batching pads every tensor with zeros, so tokens carry phrase index + 1 here: 0 means "no phrase".
+            "token_phrase_slots": encoded["phrase_ids"] + 1,
+            "phrase_mask": encoded["phrase_mask"],
+            "original_size": tuple(int(side) for side in encoded["original_sizes"][0]),
+            "narrative": narrative,
+            "spans": [tuple(span) for span in spans],
+        }
+
+    def _forward(self, model_inputs: dict) -> dict:
+        phrase_mask = model_inputs["phrase_mask"]
+        passthrough = {key: model_inputs[key] for key in ("original_size", "narrative", "spans")}
+        if phrase_mask.shape[1] == 0:  # no phrase in any narrative of the batch
+            pixel_values = model_inputs["pixel_values"]
+            empty = pixel_values.new_zeros((pixel_values.shape[0], 0, *(side // 4 for side in pixel_values.shape[-2:])))
+            return {"mask_logits": empty, "phrase_mask": phrase_mask, **passthrough}
+        outputs = self.model(
+            pixel_values=model_inputs["pixel_values"].to(self.model.dtype),
+            input_ids=model_inputs["input_ids"],
+            attention_mask=model_inputs["attention_mask"],
+            phrase_ids=model_inputs["token_phrase_slots"] - 1,
+            phrase_mask=phrase_mask,
+        )
+        return {"mask_logits": outputs.mask_logits, "phrase_mask": phrase_mask, **passthrough}
+
+    def postprocess(self, model_outputs: dict, threshold: float | None = None) -> list[dict]:
+        if threshold is None:
+            threshold = self.model.config.mask_threshold
+        narrative, spans = model_outputs["narrative"], model_outputs["spans"]
+        kept = model_outputs["phrase_mask"][0, : len(spans)].bool()
+        logits = model_outputs["mask_logits"][0, : len(spans)][kept]
+        grounding = self.processor.post_process_image_grounding(logits, model_outputs["original_size"], threshold)
+        kept_spans = [span for span, keep in zip(spans, kept.tolist(), strict=True) if keep]
+        results = []
+        for (start, end), mask, score in zip(kept_spans, grounding["masks"], grounding["scores"], strict=True):
+            results.append(
+                {
+                    "phrase": narrative[start:end],
+                    "start": start,
+                    "end": end,
+                    "score": float(score),
+                    "mask": Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255),  # 2-D uint8: mode "L"
+                }
+            )
+        return results
+
+
+def register_pipeline() -> None:
+    """Register the task with transformers' pipeline registry (done by `import modeling_epng`)."""
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK, pipeline_class=EpngPanopticNarrativeGroundingPipeline, pt_model=AutoModel, type="multimodal"
+    )
+
+
+__all__ = ["TASK", "EpngPanopticNarrativeGroundingPipeline", "register_pipeline"]
