@@ -57,6 +57,7 @@ CODE_FILES = [
     "communicator.py",
     "configuration_epng.py",
     "image_processing_epng.py",
+    "inference.py",
     "losses.py",
     "modeling_epng.py",
     "phrase_extraction.py",

@@ -25,6 +25,7 @@ PACKAGE_CODE_FILES = {
     "modeling_epng.py": "modeling_epng/modeling_epng.py",
     "attention.py": "modeling_epng/attention.py",
     "losses.py": "modeling_epng/losses.py",
+    "inference.py": "modeling_epng/inference.py",
     "communicator.py": "modeling_epng/communicator.py",
     "processing_epng.py": "modeling_epng/processing_epng.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
@@ -258,6 +259,7 @@ def test_model_only_folder_gets_model_code_only(tmp_path, tiny_config):
         "attention.py",
         "communicator.py",
         "configuration_epng.py",
+        "inference.py",
         "losses.py",
         "modeling_epng.py",
     ]
