@@ -21,11 +21,14 @@ The YAML header is rendered by `huggingface_hub.ModelCardData`, so it always par
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from processing.citations import EPNG_CITATION, PNG_CITATION
+from training.markdown import markdown_table
+from training.metrics import AR_SUBSETS
 
 CONFIG_FILE = "config.json"
 EVAL_RESULTS_FILES = ("eval_results.json", "all_results.json")
@@ -36,8 +39,6 @@ DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_TAGS = ("panoptic-narrative-grounding", "epng", "image-segmentation", "visual-grounding", "vision-language")
 PIPELINE_TAG = "image-segmentation"
 
-# (metric key suffix, column title): the column order of the paper's table 1.
-AR_SUBSETS = (("all", "All"), ("thing", "Thing"), ("stuff", "Stuff"), ("singular", "Single"), ("plural", "Plural"))
 EVAL_PREFIX = "eval_"
 
 # Used in the model-index metadata when the evaluation dataset has no Hub id.
@@ -64,24 +65,7 @@ TRAINING_ARG_ROWS = (
 EPNG_PAPER_URL = "https://arxiv.org/abs/2301.03160"
 PNG_PAPER_URL = "https://arxiv.org/abs/2109.04988"
 
-CITATIONS = """```bibtex
-@inproceedings{wang2023epng,
-  title     = {Towards Real-Time Panoptic Narrative Grounding by an End-to-End Grounding Network},
-  author    = {Wang, Haowei and Ji, Jiayi and Zhou, Yiyi and Wu, Yongjian and Sun, Xiaoshuai},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume    = {37},
-  year      = {2023},
-  doi       = {10.1609/aaai.v37i2.25350}
-}
-
-@inproceedings{gonzalez2021png,
-  title     = {Panoptic Narrative Grounding},
-  author    = {Gonz{\\'a}lez, Cristina and Ayobi, Nicol{\\'a}s and Hern{\\'a}ndez, Isabela and Hern{\\'a}ndez, Jos{\\'e} and
-               Pont-Tuset, Jordi and Arbel{\\'a}ez, Pablo},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2021}
-}
-```"""
+CITATIONS = f"```bibtex\n{EPNG_CITATION}\n\n{PNG_CITATION}\n```"
 
 USAGE_TEMPLATE = """```python
 import torch
@@ -137,9 +121,9 @@ def read_png_metrics(model_dir: str | Path) -> tuple[dict[str, float], int | Non
         if results is None or f"{EVAL_PREFIX}ar_all" not in results:
             continue
         metrics = {
-            subset: float(results[f"{EVAL_PREFIX}ar_{subset}"])
-            for subset, _ in AR_SUBSETS
-            if results.get(f"{EVAL_PREFIX}ar_{subset}") is not None
+            subset.name: float(results[f"{EVAL_PREFIX}ar_{subset.name}"])
+            for subset in AR_SUBSETS
+            if results.get(f"{EVAL_PREFIX}ar_{subset.name}") is not None
         }
         num_phrases = results.get(f"{EVAL_PREFIX}num_phrases")
         return metrics, (int(num_phrases) if num_phrases is not None else None)
@@ -282,20 +266,12 @@ def _evaluation_history_table(state: dict[str, Any]) -> str | None:
     if not rows:
         return None
     headers = ("Epoch", "Step", "Training loss", "Validation loss", "AR All (%)")
-    return _markdown_table(headers, rows, numeric=True)
-
-
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: bool = False) -> str:
-    """A Markdown table; `numeric` right-aligns every column."""
-    separator = "|" + "|".join(["---:" if numeric else "---"] * len(headers)) + "|"
-    lines = [f"| {' | '.join(headers)} |", separator]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(headers, rows, right_aligned=[True] * len(headers))
 
 
 def _metrics_table(metrics: dict[str, float]) -> str:
-    values = [f"{metrics[subset]:.1f}" if subset in metrics else "–" for subset, _ in AR_SUBSETS]
-    return _markdown_table([title for _, title in AR_SUBSETS], [values], numeric=True)
+    values = [f"{metrics[subset.name]:.1f}" if subset.name in metrics else "–" for subset in AR_SUBSETS]
+    return markdown_table([subset.title for subset in AR_SUBSETS], [values], right_aligned=[True] * len(values))
 
 
 def _eval_results(metrics: dict[str, float], datasets: list[str] | None) -> list[EvalResult]:
@@ -308,12 +284,12 @@ def _eval_results(metrics: dict[str, float], datasets: list[str] | None) -> list
             dataset_type=dataset_type,
             dataset_name=BENCHMARK_NAME,
             metric_type="average_recall",
-            metric_name=f"AR {title} (%)",
-            metric_config=subset,
-            metric_value=round(metrics[subset], 2),
+            metric_name=f"AR {subset.title} (%)",
+            metric_config=subset.name,
+            metric_value=round(metrics[subset.name], 2),
         )
-        for subset, title in AR_SUBSETS
-        if subset in metrics
+        for subset in AR_SUBSETS
+        if subset.name in metrics
     ]
 
 
@@ -407,16 +383,16 @@ def model_card(
     sections += ["## How to use", installation, USAGE_TEMPLATE.format(model_id=model_name)]
     architecture = _architecture_rows(config)
     if architecture:
-        sections += ["## Model architecture", _markdown_table(("Component", "Configuration"), architecture)]
+        sections += ["## Model architecture", markdown_table(("Component", "Configuration"), architecture)]
     training_rows = _training_args_rows(training_args) if training_args else []
     state_rows = _trainer_state_rows(trainer_state) if trainer_state else []
     evaluation_history = _evaluation_history_table(trainer_state) if trainer_state else None
     if training_rows or state_rows or evaluation_history:
         sections.append("## Training")
         if training_rows:
-            sections += ["### Hyper-parameters", _markdown_table(("Hyper-parameter", "Value"), training_rows)]
+            sections += ["### Hyper-parameters", markdown_table(("Hyper-parameter", "Value"), training_rows)]
         if state_rows:
-            sections += ["### Training run", _markdown_table(("Quantity", "Value"), state_rows)]
+            sections += ["### Training run", markdown_table(("Quantity", "Value"), state_rows)]
         if evaluation_history:
             sections += ["### Evaluations during training", evaluation_history]
     sections += ["## Citation", CITATIONS]

@@ -177,6 +177,29 @@ class EpngConfig(PreTrainedConfig):
     mask_threshold: float = 0.5
     init_std: float = 0.02
 
+    @classmethod
+    def tiny(cls, **overrides) -> EpngConfig:
+        """A tiny EPNG for examples, tests and smoke runs: a ResNet of one basic block per stage (16 to 48 channels),
+        a 2-layer 32-d BERT with BERT-base's vocabulary, two 48-d communicator layers of 4 heads; 1.1M parameters,
+        1.0M of them the word embeddings. `overrides` replace any field and are validated like the others."""
+        fields = dict(
+            backbone_config=small_resnet_backbone_config([16, 24, 32, 48]),
+            text_config={
+                "model_type": "bert",
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            },
+            fpn_channels=16,
+            hidden_size=48,
+            num_communicator_layers=2,
+            num_attention_heads=4,
+            ffn_dim=64,
+            text_pooled_layers=2,
+        )
+        return cls(**{**fields, **overrides})
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self._check_fields()

@@ -41,6 +41,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 from tqdm.auto import tqdm
 
+from .citations import PNG_CITATION
 from .output_dirs import staged_output_dir
 from .png_errors import SKIP_REASONS, PngFormatError, SkipReport
 from .png_format import PNG_FEATURES, PngFormatReader
@@ -50,14 +51,6 @@ SPLIT_NAMES = {"train2017": "train", "val2017": "validation", "test2017": "test"
 DEFAULT_SPLITS = ("train2017", "val2017")
 DEFAULT_SHARD_SIZE = 1000  # narratives per parquet file: about 200 MB with COCO images
 WRITE_BATCH_SIZE = 64  # examples per parquet row group: what the converter holds in memory per worker
-
-PNG_CITATION = """@inproceedings{gonzalez2021panoptic,
-  title     = {Panoptic Narrative Grounding},
-  author    = {Gonz{\\'a}lez, Cristina and Ayobi, Nicol{\\'a}s and Hern{\\'a}ndez, Isabela and
-               Hern{\\'a}ndez, Jos{\\'e} and Pont-Tuset, Jordi and Arbel{\\'a}ez, Pablo},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2021}
-}"""
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-from epng_testing import tiny_config_kwargs
 from transformers import AutoTokenizer
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
@@ -12,7 +11,7 @@ from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngIma
 def save_tiny_model(folder: Path, tokenizer_path: str) -> Path:
     """Random tiny model + a 64 x 64 processor with the MiniLM tokenizer, saved into `folder`."""
     torch.manual_seed(0)
-    model = EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs()))
+    model = EpngForPanopticNarrativeGrounding(EpngConfig.tiny())
     processor = EpngProcessor(
         EpngImageProcessor(size={"height": 64, "width": 64}), AutoTokenizer.from_pretrained(tokenizer_path)
     )

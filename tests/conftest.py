@@ -7,7 +7,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-from epng_testing import tiny_config_kwargs  # noqa: E402
 
 # transformers' common tests are mixins that tests/modeling_epng/test_transformers_common.py runs; on their own they
 # hold no test.
@@ -27,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_config():
     from modeling_epng import EpngConfig
 
-    return EpngConfig(**tiny_config_kwargs())
+    return EpngConfig.tiny()
 
 
 @pytest.fixture(scope="session")
@@ -63,5 +62,5 @@ def tiny_config_dir(tmp_path_factory):
     from modeling_epng import EpngConfig
 
     folder = tmp_path_factory.mktemp("tiny_config")
-    EpngConfig(**tiny_config_kwargs(dropout=0.0)).save_pretrained(folder)
+    EpngConfig.tiny(dropout=0.0).save_pretrained(folder)
     return folder

@@ -161,8 +161,8 @@ def main(argv=None) -> dict:
     trained = trainer.evaluate(metric_key_prefix="eval")
 
     def as_table(metrics, prefix):
-        table = {name: metrics[f"{prefix}_ar_{name}"] for name in AR_SUBSETS}
-        table.update({f"num_{name}": None for name in AR_SUBSETS})
+        table = {subset.name: metrics[f"{prefix}_ar_{subset.name}"] for subset in AR_SUBSETS}
+        table.update({f"num_{subset.name}": None for subset in AR_SUBSETS})
         return table
 
     print(

@@ -17,12 +17,14 @@ perfectly); everywhere else IoU = |pred ∩ gt| / |pred ∪ gt|.
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from .markdown import markdown_table
 
 # Folder of the `evaluate` module; `evaluate.load(PNG_AVERAGE_RECALL_PATH)` loads it offline.
 PNG_AVERAGE_RECALL_PATH = str(Path(__file__).with_name("png_average_recall"))
@@ -30,9 +32,24 @@ PNG_AVERAGE_RECALL_PATH = str(Path(__file__).with_name("png_average_recall"))
 # Thresholds of the reference AR definition: 0, 1e-5, ..., 1 - 1e-5 (built with numpy.arange exactly as the
 # reference does, so that the float values, and hence every comparison IoU >= t, are identical).
 AR_THRESHOLDS = np.arange(0, 1, 1e-5)
-AR_SUBSETS = ("all", "thing", "stuff", "singular", "plural")
-# Column titles of the paper's table 1, in the order of AR_SUBSETS.
-AR_SUBSET_TITLES = ("All", "Thing", "Stuff", "Single", "Plural")
+
+
+class ArSubset(NamedTuple):
+    """A group of phrases that AR is reported for."""
+
+    name: str  # key of the results (`all`, `num_all`, `eval_ar_all`)
+    title: str  # column title in the paper's table 1
+    select: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (is_thing, is_plural) bool arrays -> phrases in the subset
+
+
+# The subsets in the column order of the paper's table 1.
+AR_SUBSETS = (
+    ArSubset("all", "All", lambda is_thing, is_plural: np.ones_like(is_thing)),
+    ArSubset("thing", "Thing", lambda is_thing, is_plural: is_thing),
+    ArSubset("stuff", "Stuff", lambda is_thing, is_plural: ~is_thing),
+    ArSubset("singular", "Single", lambda is_thing, is_plural: ~is_plural),
+    ArSubset("plural", "Plural", lambda is_thing, is_plural: is_plural),
+)
 RES_PRECISION_THRESHOLDS = (0.3, 0.4, 0.5)
 
 
@@ -105,16 +122,6 @@ def average_recall(ious: Sequence[float] | np.ndarray | torch.Tensor) -> float:
     return float(np.sum(np.diff(AR_THRESHOLDS) * recall[:-1]))
 
 
-def _subset_selectors(is_thing: np.ndarray, is_plural: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        "all": np.ones_like(is_thing),
-        "thing": is_thing,
-        "stuff": ~is_thing,
-        "singular": ~is_plural,
-        "plural": is_plural,
-    }
-
-
 def average_recall_table(
     ious: Sequence[float] | np.ndarray | torch.Tensor,
     is_thing: Sequence[bool] | np.ndarray | torch.Tensor,
@@ -142,29 +149,17 @@ def average_recall_table(
         )
     if ious.size == 0:
         raise ValueError("AR is undefined without phrases: got an empty list of IoUs")
-    table: dict[str, float | int] = {}
-    selectors = _subset_selectors(is_thing, is_plural)
-    for name, selected in selectors.items():
-        table[name] = 100.0 * average_recall(ious[selected]) if selected.any() else float("nan")
-    for name, selected in selectors.items():
-        table[f"num_{name}"] = int(selected.sum())
+    selected = {subset.name: subset.select(is_thing, is_plural) for subset in AR_SUBSETS}
+    table: dict[str, float | int] = {
+        name: 100.0 * average_recall(ious[mask]) if mask.any() else float("nan") for name, mask in selected.items()
+    }
+    table.update({f"num_{name}": int(mask.sum()) for name, mask in selected.items()})
     return table
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Header + rows of strings → a Markdown table with aligned columns (readable as plain text too)."""
-    widths = [max(len(row[col]) for row in [header, *rows]) for col in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        return (
-            "| "
-            + " | ".join([first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)])
-            + " |"
-        )
-
-    separator = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
-    return "\n".join([line(header), separator, *(line(row) for row in rows)])
+def _results_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A results table: row labels on the left, numbers right-aligned."""
+    return markdown_table(header, rows, right_aligned=[False] + [True] * (len(header) - 1))
 
 
 def format_average_recall_table(
@@ -184,14 +179,14 @@ def format_average_recall_table(
     """
     if not rows:
         raise ValueError("nothing to format: `rows` is empty")
-    body = [[label, *(f"{table[name]:.{decimals}f}" for name in AR_SUBSETS)] for label, table in rows.items()]
+    body = [[label, *(f"{table[subset.name]:.{decimals}f}" for subset in AR_SUBSETS)] for label, table in rows.items()]
     if show_counts:
-        counts = {label: [str(table[f"num_{name}"]) for name in AR_SUBSETS] for label, table in rows.items()}
+        counts = {label: [str(table[f"num_{subset.name}"]) for subset in AR_SUBSETS] for label, table in rows.items()}
         if len({tuple(row) for row in counts.values()}) == 1:
             body.append(["(phrases)", *next(iter(counts.values()))])
         else:
             body.extend([f"(phrases) {label}", *row] for label, row in counts.items())
-    return _markdown_table(["Model", *AR_SUBSET_TITLES], body)
+    return _results_table(["Model", *(subset.title for subset in AR_SUBSETS)], body)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,18 +396,19 @@ class PhraseIouAccumulator(_KeyedResults):
         from matplotlib.figure import Figure
 
         ious, is_thing, is_plural = self.arrays()
-        selectors = _subset_selectors(is_thing, is_plural)
         if ious.size == 0:
             raise ValueError("no phrases recorded: nothing to plot")
         thresholds = np.linspace(0.0, 1.0, 501)
         figure = Figure(figsize=(6.4, 4.8))
         axes = figure.add_subplot()
-        for name, title_name in zip(AR_SUBSETS, AR_SUBSET_TITLES, strict=True):
-            selected = ious[selectors[name]]
+        for subset in AR_SUBSETS:
+            selected = ious[subset.select(is_thing, is_plural)]
             if selected.size:
-                label = f"{title_name}: AR {100 * average_recall(selected):.1f} (n={selected.size})"
+                label = f"{subset.title}: AR {100 * average_recall(selected):.1f} (n={selected.size})"
                 # "All" is drawn thick and black so that the subset curves lying on it do not hide it.
-                style = {"color": "black", "linewidth": 2.2, "zorder": 3} if name == "all" else {"linewidth": 1.2}
+                style = (
+                    {"color": "black", "linewidth": 2.2, "zorder": 3} if subset.name == "all" else {"linewidth": 1.2}
+                )
                 axes.plot(thresholds, recall_curve(selected, thresholds), label=label, **style)
         axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="IoU threshold", ylabel="Recall", title=title or "Recall vs. IoU")
         axes.grid(alpha=0.3)
@@ -501,4 +497,4 @@ def format_res_table(rows: Mapping[str, Mapping[str, float]], decimals: int = 1)
     keys = ["mean_iou", *(f"precision@{t}" for t in RES_PRECISION_THRESHOLDS), "overall_iou"]
     header = ["Model", "mIoU", *(f"P@{t}" for t in RES_PRECISION_THRESHOLDS), "oIoU"]
     body = [[label, *(f"{metrics[key]:.{decimals}f}" for key in keys)] for label, metrics in rows.items()]
-    return _markdown_table(header, body)
+    return _results_table(header, body)

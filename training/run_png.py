@@ -132,7 +132,7 @@ class EpngTrainer(Trainer):
             self.model, dataloader, self.processor.post_process_image_grounding, self.accelerator
         )
         table = accumulator.table()
-        metrics = {f"{metric_key_prefix}_ar_{name}": table[name] for name in AR_SUBSETS}
+        metrics = {f"{metric_key_prefix}_ar_{subset.name}": table[subset.name] for subset in AR_SUBSETS}
         metrics[f"{metric_key_prefix}_num_phrases"] = table["num_all"]
         if loss is not None:
             metrics[f"{metric_key_prefix}_loss"] = loss

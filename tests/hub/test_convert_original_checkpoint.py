@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from epng_testing import tiny_config_kwargs
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from hub.convert_original_checkpoint import (
@@ -38,10 +37,9 @@ TINY_RESNETS = {
 def tiny_reference_config(layer_type="bottleneck", text_config=None) -> EpngConfig:
     """A tiny EPNG (2 communicator layers, 48-d, 4 heads) with the reference switches."""
     backbone = {"model_type": "resnet", "layer_type": layer_type, "out_features": ["stage2", "stage3", "stage4"]}
-    kwargs = tiny_config_kwargs(backbone_config={**backbone, **TINY_RESNETS[layer_type]}, dropout=0.0)
-    if text_config is not None:
-        kwargs["text_config"] = text_config
-    return reference_config(EpngConfig(**kwargs))
+    overrides = {"text_config": text_config} if text_config is not None else {}
+    config = EpngConfig.tiny(backbone_config={**backbone, **TINY_RESNETS[layer_type]}, dropout=0.0, **overrides)
+    return reference_config(config)
 
 
 # --- the authors' state dict -------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 from transformers import AutoTokenizer
 
 from hub.remote_code import PROJECT_PACKAGES, add_remote_code, collect_code_files
@@ -105,7 +104,7 @@ def saved_folder(tmp_path, minilm_path):
     """A tiny random EPNG (its BERT shares MiniLM's vocabulary) with its processor (MiniLM tokenizer, 64x64 inputs)
     saved by `save_pretrained`."""
     torch.manual_seed(0)
-    config = EpngConfig(**tiny_config_kwargs())
+    config = EpngConfig.tiny()
     folder = tmp_path / "epng-tiny"
     EpngForPanopticNarrativeGrounding(config).save_pretrained(folder)
     image_processor = EpngImageProcessor(size={"height": 64, "width": 64})

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig
 from modeling_epng.attention import (
@@ -39,14 +38,14 @@ def test_non_square_grid_is_row_major():
 
 
 def test_distance_matrix_is_cached_per_grid_size():
-    attention = EpngLocalityPerceptiveAttention(EpngConfig(**tiny_config_kwargs()))
+    attention = EpngLocalityPerceptiveAttention(EpngConfig.tiny())
     first = attention.distance_matrix(4, 6, torch.device("cpu"))
     assert attention.distance_matrix(4, 6, torch.device("cpu")) is first
     assert attention.distance_matrix(6, 4, torch.device("cpu")) is not first
 
 
 def test_prior_multiplies_logits_per_head():
-    config = EpngConfig(**tiny_config_kwargs(attention_dropout=0.0))
+    config = EpngConfig.tiny(attention_dropout=0.0)
     attention = EpngLocalityPerceptiveAttention(config).eval()
     with torch.no_grad():
         attention.distance_weights.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
@@ -62,7 +61,7 @@ def test_prior_multiplies_logits_per_head():
 
 @pytest.mark.parametrize("form", ["euclidean", "squared"])
 def test_flex_path_equals_explicit_path_in_inference(form):
-    config = EpngConfig(**tiny_config_kwargs(lpa_distance=form))
+    config = EpngConfig.tiny(lpa_distance=form)
     attention = EpngLocalityPerceptiveAttention(config).eval()
     with torch.no_grad():
         attention.distance_weights.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
@@ -75,7 +74,7 @@ def test_flex_path_equals_explicit_path_in_inference(form):
 
 
 def test_flex_path_falls_back_to_explicit_for_cpu_training():
-    config = EpngConfig(**tiny_config_kwargs(lpa_implementation="flex"))
+    config = EpngConfig.tiny(lpa_implementation="flex")
     attention = EpngLocalityPerceptiveAttention(config)
     tokens = torch.randn(1, 12, config.hidden_size, requires_grad=True)
     output, _ = attention(tokens, (3, 4))
@@ -92,7 +91,7 @@ def test_flex_fallback_reasons():
 
 
 def test_flex_path_keeps_attention_dropout_in_training():
-    config = EpngConfig(**tiny_config_kwargs(attention_dropout=0.5))
+    config = EpngConfig.tiny(attention_dropout=0.5)
     attention = EpngLocalityPerceptiveAttention(config).train()
     tokens = torch.randn(1, 12, config.hidden_size)
     outputs = {}
@@ -108,7 +107,7 @@ def test_flex_path_keeps_attention_dropout_in_training():
 
 
 def test_cross_attention_ignores_padding_phrases_and_survives_zero_phrases():
-    config = EpngConfig(**tiny_config_kwargs())
+    config = EpngConfig.tiny()
     attention = EpngCrossAttention(config).eval()
     pixels = torch.randn(2, 5, config.hidden_size)
     phrases = torch.randn(2, 3, config.hidden_size)
@@ -127,7 +126,7 @@ def test_sine_position_embedding_differs_per_position():
 
 
 def test_prior_cached_under_inference_mode_still_trains():
-    config = EpngConfig(**tiny_config_kwargs(self_attention_type="lpa"))
+    config = EpngConfig.tiny(self_attention_type="lpa")
     attention = EpngLocalityPerceptiveAttention(config)
     tokens = torch.randn(1, 12, config.hidden_size)
     with torch.inference_mode():
@@ -146,7 +145,7 @@ def one_thread():
 
 
 def test_compiled_flex_path_keeps_no_score_matrix_per_head(one_thread):
-    config = EpngConfig(**tiny_config_kwargs(lpa_implementation="flex"))
+    config = EpngConfig.tiny(lpa_implementation="flex")
     attention = EpngLocalityPerceptiveAttention(config).eval()
     compiled = torch.compile(attention)
     batch_size, side = 2, 64

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 from transformers import AutoConfig, AutoModel
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
@@ -42,11 +41,11 @@ def test_defaults_are_the_paper_config():
 )
 def test_invalid_config_raises_value_error_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        EpngConfig(**tiny_config_kwargs(**overrides))
+        EpngConfig.tiny(**overrides)
 
 
 def test_config_round_trip_and_auto_config(tmp_path):
-    config = EpngConfig(**tiny_config_kwargs(lpa_distance="squared", sal_variant="reference"))
+    config = EpngConfig.tiny(lpa_distance="squared", sal_variant="reference")
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, EpngConfig)
@@ -56,7 +55,7 @@ def test_config_round_trip_and_auto_config(tmp_path):
 
 
 def test_auto_model_resolves_epng():
-    model = AutoModel.from_config(EpngConfig(**tiny_config_kwargs()))
+    model = AutoModel.from_config(EpngConfig.tiny())
     assert isinstance(model, EpngForPanopticNarrativeGrounding)
 
 

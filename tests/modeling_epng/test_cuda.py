@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.attention import EpngLocalityPerceptiveAttention
@@ -33,7 +32,7 @@ def isolated_exact_cuda():
 
 def lpa_pair(form: str):
     """An LPA layer on CUDA with distinct per-head weights, and a copy of it using the other implementation."""
-    config = EpngConfig(**tiny_config_kwargs(lpa_distance=form, **PAPER_ATTENTION))
+    config = EpngConfig.tiny(lpa_distance=form, **PAPER_ATTENTION)
     explicit = EpngLocalityPerceptiveAttention(config).cuda()
     with torch.no_grad():
         explicit.distance_weights.copy_(torch.linspace(0.25, 2.0, config.num_attention_heads))
@@ -88,7 +87,7 @@ def test_flex_training_memory_does_not_grow_with_the_square_of_the_grid():
 
 def test_compiled_bf16_model_matches_eager_and_trains():
     sizes = dict(hidden_size=192, fpn_channels=64, num_attention_heads=2)  # 96 channels per head, as in the paper
-    config = EpngConfig(**tiny_config_kwargs(lpa_implementation="flex", **sizes))
+    config = EpngConfig.tiny(lpa_implementation="flex", **sizes)
     model = EpngForPanopticNarrativeGrounding(config).cuda()
     torch.manual_seed(0)
     inputs = dict(

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, inference
 from modeling_epng.modeling_epng import EpngFrozenBatchNorm2d
@@ -13,7 +12,7 @@ MAX_PROBABILITY_ERROR = 1e-2
 def make_model(**overrides):
     """A tiny model whose batch norms have non-trivial statistics (the defaults would make folding a no-op)."""
     torch.manual_seed(0)
-    model = EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs(**overrides))).eval()
+    model = EpngForPanopticNarrativeGrounding(EpngConfig.tiny(**overrides)).eval()
     for module in model.modules():
         if isinstance(module, EpngFrozenBatchNorm2d | torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.1)

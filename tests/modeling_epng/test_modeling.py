@@ -2,39 +2,21 @@
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
+from epng_testing import check_model_conventions, grounding_inputs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.modeling_epng import backbone_stages
 
 
-def make_inputs(batch_size=2, height=64, width=96, num_phrases=3, seq_len=12, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1000, 2000, (batch_size, seq_len), generator=generator)
-    phrase_ids = torch.full((batch_size, seq_len), -1)
-    phrase_ids[0, 1:3], phrase_ids[0, 4], phrase_ids[0, 6:9] = 0, 1, 2
-    phrase_ids[1, 2] = 0
-    phrase_mask = torch.zeros(batch_size, num_phrases, dtype=torch.bool)
-    phrase_mask[0, :3] = True
-    phrase_mask[1, 0] = True
-    return {
-        "pixel_values": torch.randn(batch_size, 3, height, width, generator=generator),
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "phrase_ids": phrase_ids,
-        "phrase_mask": phrase_mask,
-    }
-
-
 def make_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    return EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs(**overrides)))
+    return EpngForPanopticNarrativeGrounding(EpngConfig.tiny(**overrides))
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (64, 96), (128, 32)])
 def test_output_shapes_square_and_non_square(height, width):
     model = make_model().eval()
-    inputs = make_inputs(height=height, width=width)
+    inputs = grounding_inputs(height=height, width=width)
     with torch.no_grad():
         output = model(**inputs, output_attentions=True)
     assert output.mask_logits.shape == (2, 3, height // 4, width // 4)
@@ -47,7 +29,7 @@ def test_output_shapes_square_and_non_square(height, width):
 
 def test_config_output_flags_are_the_forward_defaults():
     model = make_model(output_attentions=True, output_hidden_states=True).eval()
-    inputs = make_inputs()
+    inputs = grounding_inputs()
     with torch.no_grad():
         output = model(**inputs)
         plain = model(**inputs, output_attentions=False, output_hidden_states=False)
@@ -73,18 +55,18 @@ def test_input_embeddings_are_the_text_encoders_word_embeddings():
 def test_input_size_must_be_a_multiple_of_32():
     model = make_model().eval()
     with pytest.raises(ValueError, match="multiples of 32"):
-        model(**make_inputs(height=48, width=64))
+        model(**grounding_inputs(height=48, width=64))
 
 
 def test_mismatched_mask_labels_raise():
     model = make_model().eval()
     with pytest.raises(ValueError, match="mask_labels"):
-        model(**make_inputs(), mask_labels=torch.zeros(2, 5, 16, 16))
+        model(**grounding_inputs(), mask_labels=torch.zeros(2, 5, 16, 16))
 
 
 def test_padding_phrases_do_not_change_real_phrases():
     model = make_model().eval()
-    inputs = make_inputs(num_phrases=3)
+    inputs = grounding_inputs(num_phrases=3)
     padded = dict(inputs, phrase_mask=torch.cat([inputs["phrase_mask"], torch.zeros(2, 4, dtype=torch.bool)], 1))
     with torch.no_grad():
         plain = model(**inputs)
@@ -96,14 +78,14 @@ def test_padding_phrases_do_not_change_real_phrases():
 
 def test_eval_mode_is_deterministic():
     model = make_model().eval()
-    inputs = make_inputs()
+    inputs = grounding_inputs()
     with torch.no_grad():
         assert torch.equal(model(**inputs).mask_logits, model(**inputs).mask_logits)
 
 
 def test_phrase_features_path_equals_token_path():
     model = make_model().eval()
-    inputs = make_inputs()
+    inputs = grounding_inputs()
     with torch.no_grad():
         token_path = model(**inputs)
         features = model.phrase_encoder.pool_phrases(
@@ -117,7 +99,7 @@ def test_phrase_features_path_equals_token_path():
 
 def test_loss_is_finite_for_empty_masks_and_phrase_less_samples():
     model = make_model().train()
-    inputs = make_inputs()
+    inputs = grounding_inputs()
     inputs["phrase_mask"][1] = False
     inputs["phrase_ids"][1] = -1
     labels = torch.zeros(2, 3, 40, 50)
@@ -135,14 +117,14 @@ def test_boolean_and_float_mask_labels_give_the_same_loss(size):
     model = make_model().eval()
     labels = torch.rand(2, 3, *size) > 0.5
     with torch.no_grad():
-        from_bool = model(**make_inputs(), mask_labels=labels)
-        from_float = model(**make_inputs(), mask_labels=labels.float())
+        from_bool = model(**grounding_inputs(), mask_labels=labels)
+        from_float = model(**grounding_inputs(), mask_labels=labels.float())
     assert torch.equal(from_bool.loss, from_float.loss) and torch.isfinite(from_bool.loss)
 
 
 def test_all_samples_without_phrases_give_zero_loss():
     model = make_model().train()
-    inputs = make_inputs()
+    inputs = grounding_inputs()
     inputs["phrase_mask"][:] = False
     inputs["phrase_ids"][:] = -1
     output = model(**inputs, mask_labels=torch.zeros(2, 3, 64, 96))
@@ -152,7 +134,7 @@ def test_all_samples_without_phrases_give_zero_loss():
 
 def test_sal_weight_zero_skips_sal():
     model = make_model(sal_weight=0.0).train()
-    output = model(**make_inputs(), mask_labels=torch.ones(2, 3, 64, 96))
+    output = model(**grounding_inputs(), mask_labels=torch.ones(2, 3, 64, 96))
     assert output.sal_loss is None
     assert output.loss.item() == pytest.approx(2 * output.bce_loss.item() + 2 * output.dice_loss.item(), rel=1e-5)
 
@@ -161,7 +143,7 @@ def test_frozen_parameters_get_no_gradient_and_do_not_move():
     model = make_model(backbone_trainable_stages=2).train()
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    output = model(**make_inputs(), mask_labels=(torch.rand(2, 3, 64, 96) > 0.5).float())
+    output = model(**grounding_inputs(), mask_labels=(torch.rand(2, 3, 64, 96) > 0.5).float())
     output.loss.backward()
     optimizer.step()
     moved = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
@@ -197,39 +179,28 @@ def test_fully_trainable_backbone_with_batch_norm():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual_encoder.backbone.modules())
 
 
-def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
-    model = make_model(lpa_distance="squared").eval()
-    with torch.no_grad():
-        model.communicator.layers[0].self_attention.attention.distance_weights.fill_(0.7)
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists()
-    loaded = EpngForPanopticNarrativeGrounding.from_pretrained(tmp_path).eval()
-    inputs = make_inputs()
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).mask_logits, loaded(**inputs).mask_logits)
-    assert loaded.config.lpa_distance == "squared"
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
+        {},
+        {"sal_weight": 0.0},
+        {"lpa_distance": "squared", "lpa_weight_init": 0.7},
         {"self_attention_type": "mhsa"},
         {"self_attention_type": "mhsa_sine"},
         {"communicator_layer_form": "reference", "sal_variant": "reference"},
     ],
+    ids=["paper", "no_sal", "squared_lpa", "mhsa", "mhsa_sine", "reference"],
 )
-def test_ablation_and_reference_variants_run_and_train(overrides):
-    model = make_model(**overrides).train()
-    output = model(**make_inputs(height=64, width=64), mask_labels=torch.ones(2, 3, 64, 64))
-    output.loss.backward()
-    assert torch.isfinite(output.loss)
-    prior_params = [n for n, _ in model.named_parameters() if "distance_weights" in n]
+def test_model_conventions_hold_for_every_variant(overrides, tmp_path):
+    model = make_model(dropout=0.0, **overrides)
+    check_model_conventions(model, grounding_inputs(height=64, width=64), tmp_path)
+    prior_params = [name for name, _ in model.named_parameters() if "distance_weights" in name]
     assert bool(prior_params) == (overrides.get("self_attention_type", "lpa") == "lpa")
 
 
 def test_overfitting_one_tiny_batch_drives_the_loss_down():
     model = make_model(backbone_trainable_stages=-1, dropout=0.0).train()
-    inputs = make_inputs(height=64, width=64)
+    inputs = grounding_inputs(height=64, width=64)
     labels = torch.zeros(2, 3, 64, 64)
     labels[0, 0, :32] = 1
     labels[0, 1, 32:, :32] = 1
@@ -271,7 +242,7 @@ def test_overfitting_one_tiny_batch_drives_the_loss_down():
 )
 def test_other_backbones_plug_in_by_config(backbone_config):
     model = make_model(backbone_config=backbone_config).train()
-    output = model(**make_inputs(height=64, width=64), mask_labels=torch.ones(2, 3, 64, 64))
+    output = model(**grounding_inputs(height=64, width=64), mask_labels=torch.ones(2, 3, 64, 64))
     output.loss.backward()
     assert output.mask_logits.shape == (2, 3, 16, 16)
     stages = backbone_stages(model.visual_encoder.backbone)
@@ -283,7 +254,7 @@ def test_other_backbones_plug_in_by_config(backbone_config):
 def test_unknown_forward_argument_is_an_error():
     model = make_model().eval()
     with pytest.raises(TypeError, match="mask_label"):
-        model(**make_inputs(), mask_label=torch.zeros(2, 3, 64, 96))
+        model(**grounding_inputs(), mask_label=torch.zeros(2, 3, 64, 96))
 
 
 def test_compiled_model_follows_changes_of_image_size_and_phrase_count():

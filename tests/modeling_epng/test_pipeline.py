@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 from PIL import Image
 from transformers import AutoTokenizer, pipeline
 
@@ -22,7 +21,7 @@ def model_folder(tmp_path_factory, minilm_path):
     """A tiny random EPNG with its processor (MiniLM tokenizer, 64x64 inputs), saved by `save_pretrained`."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("pipeline") / "epng-tiny"
-    EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs())).save_pretrained(folder)
+    EpngForPanopticNarrativeGrounding(EpngConfig.tiny()).save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     EpngProcessor(EpngImageProcessor(size={"height": 64, "width": 64}), tokenizer).save_pretrained(folder)
     return folder

@@ -7,7 +7,6 @@ reason per flag or skipped test; everything else runs as transformers runs it on
 import unittest
 
 import torch
-from epng_testing import tiny_config_kwargs
 from transformers_common.test_configuration_common import ConfigTester
 from transformers_common.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
 
@@ -33,9 +32,8 @@ class EpngModelTester:
         self.seq_length = (image_size // 16) ** 2
 
     def get_config(self):
-        kwargs = tiny_config_kwargs()
-        kwargs["text_config"] = {**kwargs["text_config"], "vocab_size": self.vocab_size}
-        return EpngConfig(**kwargs)
+        text_config = {**EpngConfig.tiny().text_config.to_dict(), "vocab_size": self.vocab_size}
+        return EpngConfig.tiny(text_config=text_config)
 
     def prepare_config_and_inputs_for_common(self):
         input_ids = ids_tensor([self.batch_size, self.text_seq_length], self.vocab_size)

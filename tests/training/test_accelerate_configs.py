@@ -9,7 +9,6 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType
 from accelerate.utils.dataclasses import get_module_class_from_name
 from accelerate.utils.launch import prepare_multi_gpu_env
-from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 
@@ -65,6 +64,6 @@ def test_fsdp_wraps_classes_that_the_model_has():
     environment = prepare_multi_gpu_env(args)
     assert args.use_fsdp and environment["FSDP_VERSION"] == "2"
     assert environment["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
-    model = EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs()))
+    model = EpngForPanopticNarrativeGrounding(EpngConfig.tiny())
     for class_name in environment["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(","):
         assert get_module_class_from_name(model, class_name) is not None, class_name

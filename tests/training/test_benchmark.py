@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig
 from modeling_epng.attention import EpngLocalityPerceptiveAttention
@@ -37,7 +36,8 @@ def test_report_describes_the_run(report):
     for key in ("device", "torch_version", "config", "parameters", "memory_method", "timing_method", "settings"):
         assert report[key]
     assert report["device_type"] == "cpu"
-    assert report["config"]["hidden_size"] == benchmark.TINY_CONFIG["hidden_size"]
+    assert report["config"]["hidden_size"] == EpngConfig.tiny().hidden_size
+    assert report["config"]["num_attention_heads"] == 3
     assert report["parameters"]["total"] > 0
 
 
@@ -84,7 +84,7 @@ def test_breakdown_profile_and_processor(report):
 def test_unsupported_combinations_have_reasons(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     paper = EpngLocalityPerceptiveAttention(EpngConfig())  # 8 heads of 96 channels
-    narrow = EpngLocalityPerceptiveAttention(EpngConfig(**tiny_config_kwargs()))  # 4 heads of 12 channels
+    narrow = EpngLocalityPerceptiveAttention(EpngConfig.tiny())  # 4 heads of 12 channels
     assert "backward" in benchmark.unsupported_reason(cpu, "fp32", "flex", True, paper)
     assert benchmark.unsupported_reason(cpu, "bf16", "flex", False, narrow) is None
     assert benchmark.unsupported_reason(cpu, "fp32", "explicit", True, paper) is None

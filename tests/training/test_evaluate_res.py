@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 from PIL import Image
 from torch import nn
 
@@ -91,7 +90,7 @@ def model_dir(tmp_path_factory, processor):
     """A tiny EPNG (vocabulary of the MiniLM tokenizer) and its processor, saved together."""
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs())).save_pretrained(folder)
+    EpngForPanopticNarrativeGrounding(EpngConfig.tiny()).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 

@@ -13,11 +13,12 @@ import datasets
 import evaluate
 
 try:
+    from processing.citations import EPNG_CITATION, PNG_CITATION
     from training.metrics import average_recall_table
 except ImportError as error:
     raise ImportError(
-        "png_average_recall reuses `training.metrics` from the EPNG package: install it first "
-        "(`pip install -e <path to the EPNG repository>`)."
+        "png_average_recall reuses `training.metrics` and `processing.citations` of the EPNG package: install it "
+        "first (`pip install -e <path to the EPNG repository>`)."
     ) from error
 
 
@@ -43,21 +44,7 @@ Examples:
     55.0...
 """
 
-_CITATION = """
-@inproceedings{wang2023epng,
-  title     = {Towards Real-Time Panoptic Narrative Grounding by an End-to-End Grounding Network},
-  author    = {Wang, Haowei and Ji, Jiayi and Zhou, Yiyi and Wu, Yongjian and Sun, Xiaoshuai},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  year      = {2023}
-}
-@inproceedings{gonzalez2021png,
-  title     = {Panoptic Narrative Grounding},
-  author    = {Gonz{\\'a}lez, Cristina and Ayobi, Nicol{\\'a}s and Hern{\\'a}ndez, Isabela and Hern{\\'a}ndez, Jos{\\'e}
-               and Pont-Tuset, Jordi and Arbel{\\'a}ez, Pablo},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2021}
-}
-"""
+_CITATION = f"{PNG_CITATION}\n{EPNG_CITATION}"
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
