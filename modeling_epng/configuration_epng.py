@@ -20,7 +20,9 @@ the authors' public code where it departs from the paper (needed to load their c
 
 from __future__ import annotations
 
-from huggingface_hub.dataclasses import strict
+import typing
+
+from huggingface_hub.dataclasses import strict, type_validator
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -204,8 +206,29 @@ class EpngConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._check_fields()
 
+    def _check_field_types(self):
+        """Raise `TypeError` naming the field and its expected type for a value of the wrong type (e.g. a string
+        from `--config_overrides` or a hand-edited config.json). `@strict` cannot check them itself: this module's
+        postponed annotations leave the field types as strings. An int is accepted where a float is expected."""
+        annotations = vars(EpngConfig)["__annotations__"]
+        holder = type("EpngConfigFields", (), {"__annotations__": annotations, "__module__": __name__})
+        for name, expected in typing.get_type_hints(holder).items():
+            options = (
+                typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, type(int | str)) else ()
+            )
+            if expected is float or (float in options and int not in options):
+                expected = expected | int
+            value = getattr(self, name)
+            try:
+                type_validator(name, value, expected)
+            except TypeError:
+                raise TypeError(
+                    f"EpngConfig.{name} must be of type {annotations[name]}, got {value!r} ({type(value).__name__})"
+                ) from None
+
     def _check_fields(self):
         """Raise `ValueError` naming the field for any config that cannot build a working model."""
+        self._check_field_types()
         choices = {
             "self_attention_type": SELF_ATTENTION_TYPES,
             "lpa_distance": LPA_DISTANCES,

@@ -23,12 +23,13 @@ from pathlib import Path
 import datasets
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
 from processing.collate import EpngCollator
+from training.checkpoints import find_resume_checkpoint, resume_point
 from training.evaluation import GroundingEvalCollator, evaluate_grounding, write_evaluation_artifacts
 from training.metrics import AR_SUBSETS
+from training.run_checks import check_config_overrides, check_training_length, select_split
 from training.schedule import LR_STEPS, epoch_step_scheduler
 
 logger = logging.getLogger("run_png")
@@ -160,8 +161,12 @@ def parse_overrides(text: str | None) -> dict:
 def build_model_and_processor(model_args: ModelArguments, data_args: DataArguments):
     """A trained model + its processor, or a new model from a config and a pretrained text encoder."""
     overrides = parse_overrides(model_args.config_overrides)
+    check_config_overrides(overrides)
     if model_args.model_name_or_path:
-        model = EpngForPanopticNarrativeGrounding.from_pretrained(model_args.model_name_or_path, **overrides)
+        # Rebuilt rather than passed to from_pretrained, which sets the overrides on the config unchecked.
+        config = EpngConfig.from_pretrained(model_args.model_name_or_path)
+        config = EpngConfig.from_dict({**config.to_dict(), **overrides})
+        model = EpngForPanopticNarrativeGrounding.from_pretrained(model_args.model_name_or_path, config=config)
         tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
     else:
         config_kwargs = EpngConfig.from_pretrained(model_args.config_name).to_dict() if model_args.config_name else {}
@@ -211,14 +216,19 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.distributed_state.distributed_type,
         training_args.world_size,
     )
+    if training_args.do_train:
+        check_training_length(training_args.num_train_epochs, training_args.max_steps)
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="dataset conversion"):
         dataset = load_png_dataset(data_args, training_args.output_dir)
     model, processor = build_model_and_processor(model_args, data_args)
-    train_dataset = dataset[data_args.train_split] if training_args.do_train else None
+    source = data_args.dataset_name or data_args.png_root
+    train_dataset = (
+        select_split(dataset, data_args.train_split, "--train_split", source) if training_args.do_train else None
+    )
     evaluates = training_args.do_eval or training_args.eval_strategy != "no"
-    eval_dataset = dataset[data_args.eval_split] if evaluates else None
+    eval_dataset = select_split(dataset, data_args.eval_split, "--eval_split", source) if evaluates else None
     if train_dataset is not None and data_args.max_train_samples:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
     if eval_dataset is not None and data_args.max_eval_samples:
@@ -239,10 +249,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {}
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and os.path.isdir(training_args.output_dir):
-            checkpoint = get_last_checkpoint(training_args.output_dir)  # continue an interrupted run
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if training_args.resume_from_checkpoint is not None:
+            resume = resume_point(training_args.resume_from_checkpoint)
+        else:
+            resume = find_resume_checkpoint(training_args.output_dir)  # continue an interrupted run
+        if resume is not None:
+            logger.info("Resuming from %s at step %d", resume.path.name, resume.step)
+        train_result = trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
         trainer.save_model()
         if trainer.is_world_process_zero():
             processor.save_pretrained(training_args.output_dir)

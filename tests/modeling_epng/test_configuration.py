@@ -1,5 +1,7 @@
 """EpngConfig defaults, validation and Auto registration."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
@@ -42,6 +44,33 @@ def test_defaults_are_the_paper_config():
 def test_invalid_config_raises_value_error_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         EpngConfig.tiny(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sal_weight": "abc"}, "EpngConfig.sal_weight must be of type float | int, got 'abc' (str)"),
+        ({"hidden_size": "big"}, "EpngConfig.hidden_size must be of type int, got 'big' (str)"),
+        ({"upsample_align_corners": "yes"}, "EpngConfig.upsample_align_corners must be of type bool"),
+        ({"num_attention_heads": 2.0}, "EpngConfig.num_attention_heads must be of type int, got 2.0 (float)"),
+        ({"lpa_distance": 2}, "EpngConfig.lpa_distance must be of type str"),
+    ],
+)
+def test_wrong_field_type_names_the_field_and_the_expected_type(tmp_path, overrides, message):
+    with pytest.raises(TypeError) as raised:
+        EpngConfig(**tiny_config_kwargs(**overrides))
+    assert str(raised.value).startswith(message)
+    # the same check guards a hand-edited config.json
+    EpngConfig(**tiny_config_kwargs()).save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **overrides}))
+    with pytest.raises(TypeError) as raised:
+        EpngConfig.from_pretrained(tmp_path)
+    assert str(raised.value).startswith(message)
+
+
+def test_an_int_is_accepted_for_a_float_field():
+    assert EpngConfig(**tiny_config_kwargs(layer_norm_eps=1, mask_threshold=0.5)).layer_norm_eps == 1
 
 
 def test_config_round_trip_and_auto_config(tmp_path):

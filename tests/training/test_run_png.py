@@ -1,6 +1,7 @@
 """training/run_png.py end to end on the synthetic data: learning, evaluation, resume, two processes."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -113,7 +114,9 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
     assert "Thing" in printed and "Plural" in printed and f"{table['all']:.1f}" in printed
 
 
-def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path):
+def test_resume_from_checkpoint_continues_the_same_run(
+    synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path, caplog
+):
     common = [
         "--do_train",
         "--max_steps",
@@ -148,6 +151,20 @@ def test_resume_from_checkpoint_continues_the_same_run(synthetic_dataset_dir, ti
     assert any(not torch.equal(full[key], changed[key]) for key in full)  # steps 3-4 did move the weights
     for key in full:
         assert torch.allclose(full[key], resumed[key], atol=1e-6), key
+
+    # killed while writing its step-4 checkpoint: the rerun goes back to step 2 and ends where the full run did
+    broken = tmp_path / "broken"
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(tmp_path / "full" / name, broken / name)
+    weights = broken / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with caplog.at_level(logging.INFO):
+        main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, broken, *common))
+    assert "Not resuming from" in caplog.text and "model.safetensors is truncated" in caplog.text
+    assert "Resuming from checkpoint-2 at step 2" in caplog.text
+    recovered = load_file(broken / "model.safetensors")
+    for key in full:
+        assert torch.allclose(full[key], recovered[key], atol=1e-6), key
 
 
 def test_two_processes_match_one_process_and_count_each_phrase_once(
