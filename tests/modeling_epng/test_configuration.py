@@ -58,10 +58,10 @@ def test_invalid_config_raises_value_error_naming_the_field(overrides, field):
 )
 def test_wrong_field_type_names_the_field_and_the_expected_type(tmp_path, overrides, message):
     with pytest.raises(TypeError) as raised:
-        EpngConfig(**tiny_config_kwargs(**overrides))
+        EpngConfig.tiny(**overrides)
     assert str(raised.value).startswith(message)
     # the same check guards a hand-edited config.json
-    EpngConfig(**tiny_config_kwargs()).save_pretrained(tmp_path)
+    EpngConfig.tiny().save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **overrides}))
     with pytest.raises(TypeError) as raised:
@@ -70,7 +70,7 @@ def test_wrong_field_type_names_the_field_and_the_expected_type(tmp_path, overri
 
 
 def test_an_int_is_accepted_for_a_float_field():
-    assert EpngConfig(**tiny_config_kwargs(layer_norm_eps=1, mask_threshold=0.5)).layer_norm_eps == 1
+    assert EpngConfig.tiny(layer_norm_eps=1, mask_threshold=0.5).layer_norm_eps == 1
 
 
 def test_config_round_trip_and_auto_config(tmp_path):
