@@ -5,6 +5,9 @@
                                  [--no_remote_code]
     python -m hub push-dataset DIR --repo_id ORG/NAME [--private] [--revision BRANCH] [--commit_message MSG]
                                    [--token T] [--dry_run]
+    python -m hub push-space --repo_id ORG/NAME --model_name_or_path DIR_OR_ID [--examples_dir DIR] [--num_examples 4]
+                             [--title TITLE] [--output_dir DIR] [--private] [--revision BRANCH] [--commit_message MSG]
+                             [--token T] [--dry_run]
     python -m hub model-card DIR [--repo_id ORG/NAME] [--license LICENSE] [--dataset_name ID ...] [--output_file FILE]
 
 Exit status: 0 on success, 2 for a folder or argument that cannot be pushed, 1 when the Hub refuses or fails.
@@ -18,10 +21,12 @@ from pathlib import Path
 
 from .cards import DEFAULT_LICENSE, HubInputError, model_card
 from .push import push_dataset, push_model
+from .space import DEFAULT_TITLE, push_space
 
 
-def _add_push_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
-    parser.add_argument("folder", type=Path, help=f"local {kind} folder to upload")
+def _add_push_arguments(parser: argparse.ArgumentParser, kind: str | None) -> None:
+    if kind is not None:
+        parser.add_argument("folder", type=Path, help=f"local {kind} folder to upload")
     parser.add_argument("--repo_id", required=True, help="target repository on the Hub, ORG/NAME")
     parser.add_argument(
         "--private",
@@ -89,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_push_arguments(push_dataset_parser, "dataset")
 
+    push_space_parser = commands.add_parser(
+        "push-space",
+        help="publish the web app as a Gradio Space over a model folder or Hub model id",
+        description="Stage the EPNG web app (app.py, its code, requirements.txt, a README.md with the Space front "
+        "matter, optional examples, and the model when it is a local folder) and upload it to a Hub Space.",
+    )
+    push_space_parser.add_argument(
+        "--model_name_or_path", required=True, help="EPNG checkpoint folder (uploaded with the Space) or Hub model id"
+    )
+    _add_push_arguments(push_space_parser, None)
+    push_space_parser.add_argument(
+        "--examples_dir", help="examples.json folder or PNG-format benchmark root, e.g. outputs/demo/png_synthetic"
+    )
+    push_space_parser.add_argument("--num_examples", type=int, default=4, help="examples copied (default: 4)")
+    push_space_parser.add_argument("--title", default=DEFAULT_TITLE, help="title of the Space")
+    push_space_parser.add_argument(
+        "--license", default=DEFAULT_LICENSE, help=f"license in the Space card (default: {DEFAULT_LICENSE})"
+    )
+    push_space_parser.add_argument("--output_dir", help="stage the Space in this new folder and keep it")
+
     card_parser = commands.add_parser(
         "model-card",
         help="write the model card of a checkpoint folder without uploading anything",
@@ -129,6 +154,17 @@ def _run(args: argparse.Namespace) -> None:
             remote_code=not args.no_remote_code,
             **push_arguments,
         )
+    elif args.command == "push-space":
+        upload = push_space(
+            args.model_name_or_path,
+            args.repo_id,
+            examples_dir=args.examples_dir,
+            num_examples=args.num_examples,
+            title=args.title,
+            license=args.license,
+            output_dir=args.output_dir,
+            **push_arguments,
+        )
     else:
         upload = push_dataset(args.folder, args.repo_id, **push_arguments)
 
@@ -138,6 +174,8 @@ def _run(args: argparse.Namespace) -> None:
     else:
         print(f"Pushed {len(upload.files)} files to {upload.repo_type} {upload.repo_id}@{upload.revision}")
         print(f"Commit: {upload.commit_url}")
+        if upload.repo_type == "space":
+            print(f"Space: https://huggingface.co/spaces/{upload.repo_id}")
 
 
 def main(argv: list[str] | None = None) -> int:

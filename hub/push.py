@@ -77,7 +77,7 @@ class HubUpload:
 
     Attributes:
         repo_id (`str`): target repository.
-        repo_type (`str`): `"model"` or `"dataset"`.
+        repo_type (`str`): `"model"`, `"dataset"` or `"space"`.
         revision (`str`): target branch.
         private (`bool`, *optional*): visibility asked for a new repository (`None`: the Hub's default).
         folder (`Path`): local folder uploaded.
@@ -238,11 +238,14 @@ def _upload(
     api: HfApi | None,
     token: str | None,
     commit_message: str,
+    space_sdk: str | None = None,
 ) -> HubUpload:
-    """Create the repository (and branch) if needed, then upload exactly `upload.files`; fills `upload.commit_url`."""
+    """Create the repository (and branch) if needed, then upload exactly `upload.files`; fills `upload.commit_url`.
+    A Space repository is created with `space_sdk` (e.g. `"gradio"`)."""
     # Without an explicit token, HfApi resolves the usual one (HF_TOKEN, then the `hf auth login` token file).
     api = api or HfApi(token=token)
-    api.create_repo(upload.repo_id, repo_type=upload.repo_type, private=upload.private, exist_ok=True)
+    space_options = {"space_sdk": space_sdk} if space_sdk is not None else {}
+    api.create_repo(upload.repo_id, repo_type=upload.repo_type, private=upload.private, exist_ok=True, **space_options)
     if upload.revision != MAIN_BRANCH:
         api.create_branch(upload.repo_id, branch=upload.revision, repo_type=upload.repo_type, exist_ok=True)
     commit = api.upload_folder(

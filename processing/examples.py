@@ -45,19 +45,31 @@ def load_examples(folder: str | Path, limit: int = 4, split: str = "val2017") ->
     return examples
 
 
-def write_examples(examples: Sequence[Example], folder: str | Path) -> list[str]:
-    """Copy the examples' images into `folder` and list them in its `examples.json` (read by [`load_examples`]).
-    Returns the written paths, relative to `folder`."""
-    folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    records, written = [], []
+def example_files(examples: Sequence[Example]) -> dict[str, str | Path]:
+    """The files of an `examples.json` folder holding `examples` (read back by [`load_examples`]): relative path ->
+    the image file to copy, or the text of `examples.json`."""
+    files: dict[str, str | Path] = {}
+    records = []
     for example in examples:
         relative = f"images/{Path(example.image).name}"
-        (folder / relative).write_bytes(Path(example.image).read_bytes())
+        files[relative] = Path(example.image)
         records.append({"image": relative, "narrative": example.narrative, "phrases": example.phrases})
-        written.append(relative)
-    (folder / EXAMPLES_FILE).write_text(json.dumps(records, indent=2), encoding="utf-8")
-    return [*written, EXAMPLES_FILE]
+    files[EXAMPLES_FILE] = json.dumps(records, indent=2)
+    return files
 
 
-__all__ = ["EXAMPLES_FILE", "Example", "load_examples", "write_examples"]
+def write_examples(examples: Sequence[Example], folder: str | Path) -> list[str]:
+    """Copy the examples' images into `folder` and list them in its `examples.json`. Returns the written paths,
+    relative to `folder`."""
+    folder = Path(folder)
+    files = example_files(examples)
+    for relative, source in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, Path):
+            (folder / relative).write_bytes(source.read_bytes())
+        else:
+            (folder / relative).write_text(source, encoding="utf-8")
+    return list(files)
+
+
+__all__ = ["EXAMPLES_FILE", "Example", "example_files", "load_examples", "write_examples"]
