@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import torch
 from PIL import Image, ImageOps
+from transformers import pipeline
 
-from modeling_epng import EpngForPanopticNarrativeGrounding, EpngProcessor
-from modeling_epng.processing_epng import resolve_phrase_spans
+from modeling_epng.pipeline_epng import TASK, EpngPanopticNarrativeGroundingPipeline
 from processing.visualization import distinct_colors, draw_grounding
 
 # 16 megapixels (e.g. 4608 x 3456, a phone photo): the masks of 20 phrases at that size take 320 MB.
@@ -89,60 +88,48 @@ def parse_phrases(phrases_text: str | None) -> list[str]:
 
 
 class Grounder:
-    """A model and its processor, loaded once; calling it grounds one narrative on one image.
+    """The `panoptic-narrative-grounding` pipeline of a model, loaded once; calling it grounds one narrative on one
+    image and turns the pipeline's result into [`GroundedPhrase`]s (or an [`AppInputError`]).
 
     Args:
-        model ([`EpngForPanopticNarrativeGrounding`]): the model, in eval mode.
-        processor ([`EpngProcessor`]): its processor.
+        grounding_pipeline ([`EpngPanopticNarrativeGroundingPipeline`]): the pipeline.
     """
 
-    def __init__(self, model: EpngForPanopticNarrativeGrounding, processor: EpngProcessor):
-        self.model = model.eval()
-        self.processor = processor
+    def __init__(self, grounding_pipeline: EpngPanopticNarrativeGroundingPipeline):
+        self.pipeline = grounding_pipeline
 
     @classmethod
     def from_pretrained(cls, model_name_or_path: str | Path, device: str | None = None) -> Grounder:
-        """Load model + processor from a folder written by `save_pretrained` or a Hub repository id."""
-        model = EpngForPanopticNarrativeGrounding.from_pretrained(str(model_name_or_path))
-        processor = EpngProcessor.from_pretrained(str(model_name_or_path))
-        return cls(model.to(device or "cpu"), processor)
+        """The pipeline of a folder written by `save_pretrained` or of a Hub repository id."""
+        return cls(pipeline(TASK, model=str(model_name_or_path), device=device))
 
     @property
     def default_threshold(self) -> float:
-        return float(self.model.config.mask_threshold)
+        return float(self.pipeline.model.config.mask_threshold)
 
-    @torch.inference_mode()
     def __call__(
         self, image: Image.Image, narrative: str, phrases: Sequence[str] = (), threshold: float | None = None
     ) -> list[GroundedPhrase]:
         """Ground `phrases` (strings matched left to right in `narrative`), or, when none are given, the noun phrases
-        found automatically (the processor's `phrases="auto"`), on `image`.
+        found automatically, on `image`.
 
         Returns:
             `list[GroundedPhrase]`, one per phrase, in narrative order.
         """
         try:
-            spans = resolve_phrase_spans(narrative, phrases) if phrases else "auto"
-            inputs = self.processor(images=image, text=narrative, phrases=spans, return_original_sizes=True)
+            results = self.pipeline(image, narrative, phrases=list(phrases) if phrases else "auto", threshold=threshold)
         except (ValueError, ImportError) as error:
             raise AppInputError(str(error)) from error
-        if spans == "auto":
-            spans = inputs.pop("phrase_spans")[0]
-            if not spans:
-                raise AppInputError(
-                    "No noun phrase to ground was found in the narrative: name the things and the stuff you see "
-                    "(e.g. 'a dog on the grass'), or type the phrases in the phrase box."
-                )
-        original_sizes = inputs.pop("original_sizes")
-        inputs = inputs.to(self.model.device)
-        outputs = self.model(**inputs)
-        threshold = self.default_threshold if threshold is None else float(threshold)
-        result = self.processor.post_process_grounding(
-            outputs, original_sizes, phrase_mask=inputs["phrase_mask"], threshold=threshold
-        )[0]
+        if not results:
+            raise AppInputError(
+                "No noun phrase to ground was found in the narrative: name the things and the stuff you see "
+                "(e.g. 'a dog on the grass'), or type the phrases in the phrase box."
+            )
         return [
-            GroundedPhrase(narrative[start:end], start, end, float(score), mask.cpu().numpy())
-            for (start, end), mask, score in zip(spans, result["masks"], result["scores"], strict=True)
+            GroundedPhrase(
+                result["phrase"], result["start"], result["end"], result["score"], np.asarray(result["mask"]) > 0
+            )
+            for result in results
         ]
 
 
