@@ -62,6 +62,11 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
 
     An image is a local path, an http(s) URL, a PIL image or an `(H, W, 3)` array.
 
+    Parameters at construction:
+        optimize (`bool`, *optional*, defaults to `True`): prepare the model with `model.optimize_for_inference()`
+            (bf16 autocast where the hardware computes bf16 natively, channels_last, batch norms folded into the
+            convolutions), in place. `False` runs the model as given.
+
     Parameters (at construction or per call):
         threshold (`float`, *optional*): probability threshold of the masks; defaults to the model config's
             `mask_threshold`.
@@ -80,6 +85,11 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
+
+    def __init__(self, *args, optimize: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if optimize and hasattr(self.model, "optimize_for_inference"):
+            self.model.optimize_for_inference()
 
     def _sanitize_parameters(self, threshold=None, spacy_model=None, max_length=None, timeout=None, **kwargs):
         if kwargs:

@@ -166,3 +166,16 @@ def test_bad_inputs_name_the_problem(grounder):
         grounder([(image, "a dog")], phrases=["a dog"])
     with pytest.raises(TypeError, match="Unknown arguments.*'thresold'"):
         grounder(image, "a dog", thresold=0.3)
+
+
+def test_inference_fast_path_is_on_by_default(grounder, model_folder):
+    assert grounder.model.inference_settings is not None
+    plain = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu", optimize=False)
+    assert getattr(plain.model, "inference_settings", None) is None
+    image = random_image()
+    fast, slow = grounder(image, NARRATIVE), plain(image, NARRATIVE)
+    assert [r["phrase"] for r in fast] == [r["phrase"] for r in slow]
+    for a, b in zip(fast, slow, strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=2e-2)
+        disagreement = (np.asarray(a["mask"]) != np.asarray(b["mask"])).mean()
+        assert disagreement < 0.05
