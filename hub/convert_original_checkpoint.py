@@ -373,7 +373,11 @@ def convert_checkpoint(
     processor = None
     if tokenizer is not None:
         image_processor = EpngImageProcessor(size={"height": image_size, "width": image_size})
-        processor = EpngProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(tokenizer))
+        processor = EpngProcessor(
+            image_processor=image_processor,
+            tokenizer=AutoTokenizer.from_pretrained(tokenizer),
+            mask_threshold=model.config.mask_threshold,
+        )
     else:
         logger.warning("No tokenizer given: the folder holds the model only, without a processor")
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .configuration_epng import EpngConfig
 from .phrase_extraction import extract_phrase_spans
 
 PhraseSpec = tuple[int, int] | str
@@ -117,11 +118,20 @@ class EpngProcessor(ProcessorMixin):
             The image processor.
         tokenizer ([`PreTrainedTokenizerFast`]):
             A fast tokenizer (its offset mapping assigns tokens to phrases), e.g. BERT-base-uncased.
+        mask_threshold (`float`, *optional*, defaults to `EpngConfig.mask_threshold`):
+            The default threshold of the post-processing. A processor built for a model takes its
+            `config.mask_threshold` (as the training and conversion scripts do), and `save_pretrained` keeps it in
+            `processor_config.json`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+    def __init__(
+        self, image_processor=None, tokenizer=None, mask_threshold: float = EpngConfig.mask_threshold, **kwargs
+    ):
         if tokenizer is not None and not getattr(tokenizer, "is_fast", False):
             raise ValueError("EpngProcessor needs a fast tokenizer: phrases are mapped to tokens by offset mapping.")
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"`mask_threshold` must be in (0, 1), got {mask_threshold}.")
+        self.mask_threshold = float(mask_threshold)
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @property
@@ -305,7 +315,7 @@ class EpngProcessor(ProcessorMixin):
         return padded
 
     def post_process_image_grounding(
-        self, mask_logits: torch.Tensor, target_size: tuple[int, int], threshold: float = 0.5
+        self, mask_logits: torch.Tensor, target_size: tuple[int, int], threshold: float | None = None
     ) -> dict[str, torch.Tensor]:
         """
         Binary masks of one image at its original resolution: sigmoid, bilinear resize
@@ -316,7 +326,7 @@ class EpngProcessor(ProcessorMixin):
                 The image's mask logits (before sigmoid), only the phrases to keep.
             target_size (`tuple[int, int]`):
                 `(H, W)` of the original image.
-            threshold (`float`, *optional*, defaults to 0.5):
+            threshold (`float`, *optional*, defaults to `self.mask_threshold`):
                 Probability threshold.
 
         Returns:
@@ -330,7 +340,7 @@ class EpngProcessor(ProcessorMixin):
             return {"masks": empty.bool(), "scores": probabilities.new_zeros((0,))}
         probabilities = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)
         probabilities = probabilities[0]
-        masks = probabilities >= threshold
+        masks = probabilities >= (self.mask_threshold if threshold is None else threshold)
         mask_areas = masks.sum(dim=(1, 2))
         scores = (probabilities * masks).sum(dim=(1, 2)) / mask_areas.clamp(min=1)
         return {"masks": masks, "scores": scores}
@@ -340,7 +350,7 @@ class EpngProcessor(ProcessorMixin):
         outputs: Any,
         target_sizes: Sequence[tuple[int, int]] | torch.Tensor,
         phrase_mask: torch.Tensor | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """
         Turn the model's mask logits into binary masks at each image's original resolution.
@@ -355,7 +365,7 @@ class EpngProcessor(ProcessorMixin):
                 `(H, W)` of every original image.
             phrase_mask (`torch.Tensor` of shape `(B, P)`, *optional*):
                 True for real phrases; only those are returned. Defaults to all phrases.
-            threshold (`float`, *optional*, defaults to 0.5):
+            threshold (`float`, *optional*, defaults to `self.mask_threshold`):
                 Probability threshold.
 
         Returns:

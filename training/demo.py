@@ -124,7 +124,9 @@ def main(argv=None) -> dict:
     config = demo_config(text_encoder_path, **parse_overrides(args.config_overrides))
     model = EpngForPanopticNarrativeGrounding(config)
     model.load_text_encoder(text_encoder_path)
-    processor = build_processor(AutoTokenizer.from_pretrained(text_encoder_path), args.image_size)
+    processor = build_processor(
+        AutoTokenizer.from_pretrained(text_encoder_path), args.image_size, config.mask_threshold
+    )
     print({key: f"{value / 1e6:.2f}M" for key, value in model.parameter_report().items()})
 
     training_args = EpngTrainingArguments(

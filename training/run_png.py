@@ -179,13 +179,17 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
         tokenizer_source = model_args.tokenizer_name or model_args.text_encoder_name_or_path
     if tokenizer_source is None:
         raise ValueError("A new model needs --text_encoder_name_or_path or --tokenizer_name for its tokenizer")
-    return model, build_processor(AutoTokenizer.from_pretrained(tokenizer_source), data_args.image_size)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    return model, build_processor(tokenizer, data_args.image_size, model.config.mask_threshold)
 
 
-def build_processor(tokenizer, image_size: int) -> EpngProcessor:
-    """An `EpngProcessor` resizing to `image_size` x `image_size` with the given fast tokenizer."""
+def build_processor(tokenizer, image_size: int, mask_threshold: float) -> EpngProcessor:
+    """An `EpngProcessor` resizing to `image_size` x `image_size` with the given fast tokenizer, whose
+    post-processing thresholds at `mask_threshold` (the model's `config.mask_threshold`)."""
     size = {"height": image_size, "width": image_size}
-    return EpngProcessor(image_processor=EpngImageProcessor(size=size), tokenizer=tokenizer)
+    return EpngProcessor(
+        image_processor=EpngImageProcessor(size=size), tokenizer=tokenizer, mask_threshold=mask_threshold
+    )
 
 
 def load_png_dataset(data_args: DataArguments, output_dir: str) -> datasets.DatasetDict:
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     eval_processor = processor
     if training_args.eval_image_size:
-        eval_processor = build_processor(processor.tokenizer, training_args.eval_image_size)
+        eval_processor = build_processor(processor.tokenizer, training_args.eval_image_size, processor.mask_threshold)
     trainer = EpngTrainer(
         model=model,
         args=training_args,

@@ -215,3 +215,21 @@ def test_auto_classes_and_save_load_round_trip(tmp_path, processor):
     assert set(actual) == set(expected)
     for key in expected:
         assert torch.equal(actual[key], expected[key]), key
+
+
+def test_post_processing_defaults_to_the_models_mask_threshold(tmp_path, tokenizer):
+    from transformers import AutoProcessor
+
+    from modeling_epng import EpngConfig
+    from training.run_png import build_processor
+
+    config = EpngConfig.tiny(mask_threshold=0.3)
+    processor = build_processor(tokenizer, 64, config.mask_threshold)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert reloaded.mask_threshold == 0.3
+    logits = torch.full((1, 1, 4, 4), -0.5)  # probability 0.38: a mask at 0.3, none at the default 0.5
+    assert reloaded.post_process_grounding(logits, [(4, 4)])[0]["masks"].all()
+    assert not reloaded.post_process_grounding(logits, [(4, 4)], threshold=0.5)[0]["masks"].any()
+    with pytest.raises(ValueError, match="mask_threshold"):
+        EpngProcessor(processor.image_processor, tokenizer, mask_threshold=1.5)
