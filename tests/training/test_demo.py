@@ -8,6 +8,7 @@ from modeling_epng import EpngForPanopticNarrativeGrounding
 from training.demo import main
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     results = main(
         [

@@ -213,6 +213,7 @@ def test_phrase_accumulator_gathers_with_an_accelerator():
         accumulator.add([0.5], [True], [False], [1, 2], [0], [0])
 
 
+@pytest.mark.slow
 def test_phrase_accumulator_gathers_across_two_real_processes(tmp_path):
     """Two gloo processes (accelerate's CPU debug launcher, in a fresh interpreter so that no accelerator state of
     this test session leaks into the forked workers); rank 1 repeats a phrase of rank 0, as sampler padding does."""

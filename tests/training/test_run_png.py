@@ -167,6 +167,7 @@ def test_resume_from_checkpoint_continues_the_same_run(
         assert torch.allclose(full[key], recovered[key], atol=1e-6), key
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_count_each_phrase_once(
     synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path
 ):
