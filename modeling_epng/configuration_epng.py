@@ -32,6 +32,9 @@ LAYER_FORMS = ("paper", "reference")
 SAL_VARIANTS = ("bidirectional", "reference")
 LPA_IMPLEMENTATIONS = ("explicit", "flex")
 RESNET101_STAGE_DEPTHS = [3, 4, 23, 3]
+# Input sides must be multiples of the network's largest stride (C5, 32), so that every feature map has whole sides
+# and P3 is exactly twice P4.
+INPUT_SIZE_MULTIPLE = 32
 FUSED_STAGES = ["stage2", "stage3", "stage4"]
 
 
@@ -50,6 +53,16 @@ def small_resnet_backbone_config(hidden_sizes: list[int], depths: list[int] | No
         "layer_type": "basic",
         "out_features": FUSED_STAGES,
     }
+
+
+def check_input_size(height: int, width: int, what: str = "EPNG input sizes") -> None:
+    """Raise `ValueError` unless `height` and `width` are positive multiples of `INPUT_SIZE_MULTIPLE`; the message
+    starts with `what`."""
+    if height <= 0 or width <= 0 or height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
+        raise ValueError(
+            f"{what} must be positive multiples of {INPUT_SIZE_MULTIPLE} (the network's largest stride), "
+            f"got {height}x{width}."
+        )
 
 
 @strict
@@ -285,4 +298,4 @@ class EpngConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["EpngConfig", "small_resnet_backbone_config"]
+__all__ = ["INPUT_SIZE_MULTIPLE", "EpngConfig", "check_input_size", "small_resnet_backbone_config"]

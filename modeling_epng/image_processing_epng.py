@@ -32,10 +32,10 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .configuration_epng import check_input_size
+
 EPNG_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 EPNG_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-# The FPN goes down to stride 32, so both sides of the model input must be divisible by it.
-SIZE_DIVISOR = 32
 
 _TORCH_INTERPOLATION = {
     PILImageResampling.BICUBIC: "bicubic",
@@ -211,7 +211,8 @@ class EpngImageProcessor(BaseImageProcessor):
         do_resize (`bool`, *optional*, defaults to `True`):
             Whether to resize images to `size`.
         size (`dict[str, int]`, *optional*, defaults to `{"height": 640, "width": 640}`):
-            Model input size; both sides must be multiples of 32 (the network's largest stride).
+            Model input size; both sides must be multiples of `INPUT_SIZE_MULTIPLE` (32, the network's largest
+            stride).
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
             Interpolation of the image resize: `BICUBIC`, `BILINEAR` or `NEAREST`. Bicubic and bilinear are
             antialiased; integer (0–255) images are clamped back to [0, 255] after bicubic overshoot, as PIL does.
@@ -250,11 +251,7 @@ class EpngImageProcessor(BaseImageProcessor):
             return
         if size is None or size.height is None or size.width is None:
             raise ValueError(f"EpngImageProcessor needs `size` as {{'height': H, 'width': W}}, got {size}.")
-        if size.height % SIZE_DIVISOR or size.width % SIZE_DIVISOR or size.height <= 0 or size.width <= 0:
-            raise ValueError(
-                f"EPNG input sizes must be positive multiples of {SIZE_DIVISOR} (the network's largest stride), "
-                f"got height={size.height}, width={size.width}."
-            )
+        check_input_size(size.height, size.width, "EpngImageProcessor `size`")
 
     def _validate_preprocess_kwargs(self, do_resize=None, size=None, resample=None, **kwargs) -> None:
         super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, resample=resample, **kwargs)
@@ -361,10 +358,8 @@ class EpngImageProcessor(BaseImageProcessor):
             )[0]
             if is_integer and mode == "bicubic":
                 image = image.clamp(0.0, 255.0)
-        elif image.shape[-2] % SIZE_DIVISOR or image.shape[-1] % SIZE_DIVISOR:
-            raise ValueError(
-                f"Without resizing, image sides must be multiples of {SIZE_DIVISOR}, got {tuple(image.shape[-2:])}."
-            )
+        else:
+            check_input_size(image.shape[-2], image.shape[-1], "Without resizing, image sides")
         if do_rescale:
             image = image * rescale_factor
         if do_normalize:

@@ -39,7 +39,7 @@ from transformers.utils import ModelOutput
 
 from .attention import EpngLocalityPerceptiveAttention
 from .communicator import EpngCommunicator
-from .configuration_epng import EpngConfig
+from .configuration_epng import EpngConfig, check_input_size
 from .losses import (
     mask_bce_loss,
     mask_dice_loss,
@@ -50,7 +50,6 @@ from .losses import (
 
 FUSED_STRIDE = 16
 MASK_STRIDE = 4
-INPUT_MULTIPLE = 32
 
 
 @dataclass
@@ -339,8 +338,7 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must have shape (B, 3, H, W), got {tuple(pixel_values.shape)}")
         height, width = pixel_values.shape[-2:]
-        if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-            raise ValueError(f"pixel_values height and width must be multiples of 32, got {height}x{width}")
+        check_input_size(height, width, "pixel_values height and width")
         batch_size = pixel_values.shape[0]
         if phrase_mask.dim() != 2 or phrase_mask.shape[0] != batch_size:
             raise ValueError(f"phrase_mask must have shape (B={batch_size}, P), got {tuple(phrase_mask.shape)}")

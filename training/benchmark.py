@@ -36,6 +36,7 @@ import transformers
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.attention import EpngLocalityPerceptiveAttention, flex_fallback_reason
+from modeling_epng.configuration_epng import check_input_size
 
 from .benchmark_processor import processor_throughput
 from .benchmark_timing import KEY_FIELDS, PeakMemory, Variant, autocast, latency_ratios, measure_variants, synchronize
@@ -361,8 +362,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.warmup < 1 or args.iterations < 1:
         parser.error("--warmup and --iterations must be >= 1 (the last warm-up iteration measures memory)")
-    if args.image_size % 32:
-        parser.error(f"--image_size must be a multiple of 32, got {args.image_size}")
+    try:
+        check_input_size(args.image_size, args.image_size, "--image_size (height and width)")
+    except ValueError as error:
+        parser.error(str(error))
     if args.with_text_encoder and args.num_tokens < 3 * args.num_phrases + 2:
         parser.error("--num_tokens must hold 3 tokens per phrase plus [CLS] and [SEP]")
     return args

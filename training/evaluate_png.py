@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from modeling_epng import EpngForPanopticNarrativeGrounding, EpngProcessor
+from modeling_epng.configuration_epng import check_input_size
 from processing.collate import EpngCollator
 from training.evaluation import GroundingEvalCollator, evaluate_grounding, write_evaluation_artifacts
 from training.metrics import format_average_recall_table
@@ -56,8 +57,10 @@ def main(argv=None) -> dict:
         model.optimize_for_inference(compile=args.compile)
     processor = EpngProcessor.from_pretrained(args.model_name_or_path)
     if args.image_size is not None:
-        if args.image_size % 32:
-            parser.error(f"--image_size must be a multiple of 32, got {args.image_size}")
+        try:
+            check_input_size(args.image_size, args.image_size, "--image_size (height and width)")
+        except ValueError as error:
+            parser.error(str(error))
         processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
     split = datasets.load_dataset(args.dataset_name, split=args.split)
     if args.max_samples:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from modeling_epng import EpngForPanopticNarrativeGrounding, EpngProcessor
+from modeling_epng.configuration_epng import check_input_size
 from processing.refer_format import ReferReader, resolve_split_by
 from training.metrics import SentenceIouAccumulator, format_res_table, mask_intersection_union
 
@@ -284,8 +285,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
     args = parser.parse_args(argv)
     if args.refer_root is not None and args.dataset_name is None:
         parser.error("--dataset_name is required with --refer_root")
-    if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):
-        parser.error(f"--image_size must be a positive multiple of 32, got {args.image_size}")
+    if args.image_size is not None:
+        try:
+            check_input_size(args.image_size, args.image_size, "--image_size (height and width)")
+        except ValueError as error:
+            parser.error(str(error))
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold must lie in [0, 1], got {args.threshold}")
     for name in ("batch_size", "max_samples"):

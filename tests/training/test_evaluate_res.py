@@ -218,7 +218,7 @@ def test_random_init_keeps_only_the_text_encoder(model_dir):
         (["--dataset_name", "refclef", "--split", "testA"], "unknown refer dataset"),
         (["--split", "testA"], "--dataset_name is required"),
         (["--dataset_name", "refcoco", "--split", "train"], "has no sentences"),
-        (["--dataset_name", "refcoco", "--split", "testA", "--image_size", "50"], "multiple of 32"),
+        (["--dataset_name", "refcoco", "--split", "testA", "--image_size", "50"], "multiples of 32"),
     ],
 )
 def test_cli_argument_errors(refer_root, model_dir, capsys, extra_argv, message):
