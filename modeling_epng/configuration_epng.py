@@ -29,7 +29,12 @@ from transformers.configuration_utils import SubConfigSpec
 LPA_DISTANCES = ("euclidean", "squared")
 SELF_ATTENTION_TYPES = ("lpa", "mhsa", "mhsa_sine")
 LAYER_FORMS = ("paper", "reference")
-SAL_VARIANTS = ("bidirectional", "reference")
+SAL_VARIANTS = ("paper", "reference")
+SAL_DIRECTION_REDUCTIONS = ("sum", "mean")
+# tau of the raw dot products (the reference code multiplies them by 0.1) and of cosine similarities (the value of
+# MDETR's contrastive alignment, which the paper cites as the inspiration of SAL).
+SAL_RAW_TEMPERATURE = 10.0
+SAL_NORMALIZED_TEMPERATURE = 0.07
 LPA_IMPLEMENTATIONS = ("explicit", "flex")
 RESNET101_STAGE_DEPTHS = [3, 4, 23, 3]
 # Input sides must be multiples of the network's largest stride (C5, 32), so that every feature map has whole sides
@@ -90,8 +95,9 @@ class EpngConfig(PreTrainedConfig):
         Inner size of the communicator's feed-forward network.
     dropout (`float`, *optional*, defaults to 0.1):
         Dropout on attention outputs and in the feed-forward network.
-    attention_dropout (`float`, *optional*, defaults to 0.0):
-        Dropout on attention probabilities (the reference code applies none).
+    attention_dropout (`float`, *optional*, defaults to 0.1):
+        Dropout on the attention probabilities of LPA and of the cross attention. The paper does not state it; 0.1 is
+        the value of the authors' code.
     layer_norm_eps (`float`, *optional*, defaults to 1e-5):
         Epsilon of the communicator's LayerNorms.
     self_attention_type (`str`, *optional*, defaults to `"lpa"`):
@@ -128,12 +134,28 @@ class EpngConfig(PreTrainedConfig):
         Weight lambda_3 of the Semantic Alignment Loss; 0 switches SAL off (and skips computing it).
     dice_eps (`float`, *optional*, defaults to 1e-3):
         Epsilon of the Dice loss 1 - 2 sum(pg) / (sum p^2 + sum g^2 + 2 eps).
-    sal_variant (`str`, *optional*, defaults to `"bidirectional"`):
-        `"bidirectional"`: phrase->pixel plus pixel->phrase terms (paper Eq. 13-14). `"reference"`: the authors'
-        code, phrase->pixel only, log of (sum of positive exps) / (sum of all exps).
-    sal_temperature (`float`, *optional*, defaults to 10.0):
-        Temperature tau dividing the phrase-pixel dot products in SAL (the reference code's 0.1 factor; the paper
-        does not state its value).
+    sal_variant (`str`, *optional*, defaults to `"paper"`):
+        Form of the Semantic Alignment Loss, with s_ij = f_i . p_j / tau for phrase i and H/4 pixel j, and G+ the
+        pixels (or phrases) that a phrase (or pixel) covers:
+        `"paper"` (Eq. 13-14): two directions, each the mean over positives of -log softmax; phrase -> pixels
+        (softmax over all pixels) and pixel -> phrases (softmax over the sample's real phrases). Its floor is not 0
+        but the mean of log|G+| (about 4.5 on the synthetic scenes), reached when a phrase spreads its softmax
+        evenly over its pixels.
+        `"reference"`: the authors' code, phrase -> pixels only, -log(sum_{j in G+} exp s_ij / sum_k exp s_ik);
+        its floor is 0.
+    sal_normalize (`bool`, *optional*, defaults to `False`):
+        L2-normalise phrase and pixel embeddings before the dot product (cosine similarities, as MDETR's contrastive
+        alignment). The floors above stay the same but are only approached (cosines are bounded by 1), and the loss
+        no longer rewards growing feature norms. `sal_variant="reference", sal_normalize=True` is the one-way
+        normalised form; `sal_variant="paper", sal_normalize=True` the bidirectional one.
+    sal_temperature (`float`, *optional*):
+        Temperature tau dividing the phrase-pixel similarities in SAL. Defaults to 10.0 (the reference code's 0.1
+        factor on raw dot products; the paper does not state a value) and to 0.07 when `sal_normalize` is set. With
+        normalised features it must be at most 1: cosines lie in [-1, 1], so a larger tau leaves every softmax
+        nearly uniform.
+    sal_direction_reduction (`str`, *optional*, defaults to `"sum"`):
+        How the paper form combines its two directions: `"sum"` (Eq. 14, l_v + l_t; floor mean log|G+| of both) or
+        `"mean"` ((l_v + l_t) / 2, half the floor and half the gradient). Ignored by the one-way `"reference"` form.
     freeze_text_encoder (`bool`, *optional*, defaults to `True`):
         Keep the text encoder frozen (the paper precomputes its features).
     backbone_trainable_stages (`int`, *optional*, defaults to 2):
@@ -169,7 +191,7 @@ class EpngConfig(PreTrainedConfig):
     num_attention_heads: int = 8
     ffn_dim: int = 2048
     dropout: float | int = 0.1
-    attention_dropout: float | int = 0.0
+    attention_dropout: float | int = 0.1
     layer_norm_eps: float = 1e-5
     self_attention_type: str = "lpa"
     lpa_distance: str = "euclidean"
@@ -184,8 +206,10 @@ class EpngConfig(PreTrainedConfig):
     dice_weight: float | int = 2.0
     sal_weight: float | int = 1.0
     dice_eps: float = 1e-3
-    sal_variant: str = "bidirectional"
-    sal_temperature: float | int = 10.0
+    sal_variant: str = "paper"
+    sal_normalize: bool = False
+    sal_temperature: float | int | None = None
+    sal_direction_reduction: str = "sum"
     freeze_text_encoder: bool = True
     backbone_trainable_stages: int = 2
     freeze_backbone_batch_norm: bool = True
@@ -217,6 +241,8 @@ class EpngConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.sal_temperature is None:
+            self.sal_temperature = SAL_NORMALIZED_TEMPERATURE if self.sal_normalize else SAL_RAW_TEMPERATURE
         self._check_fields()
 
     def _check_field_types(self):
@@ -248,6 +274,7 @@ class EpngConfig(PreTrainedConfig):
             "lpa_implementation": LPA_IMPLEMENTATIONS,
             "communicator_layer_form": LAYER_FORMS,
             "sal_variant": SAL_VARIANTS,
+            "sal_direction_reduction": SAL_DIRECTION_REDUCTIONS,
             "text_projection_activation": ("relu6", "relu", "identity"),
         }
         for field, allowed in choices.items():
@@ -273,6 +300,11 @@ class EpngConfig(PreTrainedConfig):
             raise ValueError(f"EpngConfig.lpa_truncation must be positive, got {self.lpa_truncation}")
         if self.sal_temperature <= 0:
             raise ValueError(f"EpngConfig.sal_temperature must be positive, got {self.sal_temperature}")
+        if self.sal_normalize and self.sal_temperature > 1:
+            raise ValueError(
+                f"EpngConfig.sal_temperature ({self.sal_temperature}) must be at most 1 with sal_normalize=True: "
+                f"cosine similarities lie in [-1, 1] (typical: {SAL_NORMALIZED_TEMPERATURE})"
+            )
         for field in ("bce_weight", "dice_weight", "sal_weight"):
             if getattr(self, field) < 0:
                 raise ValueError(f"EpngConfig.{field} must be >= 0, got {getattr(self, field)}")

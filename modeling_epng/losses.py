@@ -78,26 +78,33 @@ def semantic_alignment_loss(
     pooled_targets: torch.Tensor,
     phrase_mask: torch.Tensor,
     temperature: float,
-    variant: str = "bidirectional",
+    variant: str = "paper",
+    normalize: bool = False,
+    direction_reduction: str = "sum",
 ) -> torch.Tensor:
-    """Semantic Alignment Loss between phrase and pixel embeddings.
+    """Semantic Alignment Loss between phrase and pixel embeddings (the forms are described in `EpngConfig`).
 
     Args:
         phrase_embeddings: (B, P, C) phrase features f_i.
         pixel_embeddings: (B, C, h, w) pixel features p_j at the H/4 map.
         pooled_targets: (B, P, h, w) bool, a pixel is positive for a phrase if any pixel it covers is.
         phrase_mask: (B, P) bool, real phrases.
-        temperature: tau dividing the dot products.
-        variant: `"bidirectional"`: l_v (phrase -> pixels, softmax over all pixels, mean over each phrase's positive
-            pixels) + l_t (pixel -> phrases, softmax over the sample's real phrases, mean over each covered pixel's
+        temperature: tau dividing the similarities.
+        variant: `"paper"`: l_v (phrase -> pixels, softmax over all pixels, mean over each phrase's positive
+            pixels) and l_t (pixel -> phrases, softmax over the sample's real phrases, mean over each covered pixel's
             positive phrases). `"reference"`: only the phrase -> pixel direction, with
             -log(sum_{j in G+} exp(s_ij) / sum_k exp(s_ik)) per phrase.
+        normalize: L2-normalise both embeddings first (cosine similarities).
+        direction_reduction: `"sum"` (l_v + l_t) or `"mean"` ((l_v + l_t) / 2) of the paper form's directions.
 
     Returns:
         A scalar.
     """
-    scores = torch.einsum("bpc,bcn->bpn", phrase_embeddings.float(), pixel_embeddings.float().flatten(2))
-    scores = scores / temperature
+    phrase_embeddings, pixel_embeddings = phrase_embeddings.float(), pixel_embeddings.float().flatten(2)
+    if normalize:
+        phrase_embeddings = F.normalize(phrase_embeddings, dim=-1)
+        pixel_embeddings = F.normalize(pixel_embeddings, dim=1)
+    scores = torch.einsum("bpc,bcn->bpn", phrase_embeddings, pixel_embeddings) / temperature
     # A finite fill instead of -inf: rows that are fully masked (no positives, no phrases) must stay NaN-free in
     # both the forward and the backward pass; their terms are excluded from the average anyway.
     lowest = torch.finfo(scores.dtype).min
@@ -121,7 +128,8 @@ def semantic_alignment_loss(
     pixel_is_covered = num_positive_phrases > 0
     per_pixel = -(log_prob_over_phrases * positives).sum(dim=1) / num_positive_phrases.clamp(min=1)
     pixel_to_phrase = _average_per_sample(per_pixel, pixel_is_covered)
-    return phrase_to_pixel + pixel_to_phrase
+    total = phrase_to_pixel + pixel_to_phrase
+    return total / 2 if direction_reduction == "mean" else total
 
 
 def prepare_mask_targets(mask_labels: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:

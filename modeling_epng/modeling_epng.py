@@ -473,6 +473,8 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
                 phrase_mask,
                 config.sal_temperature,
                 config.sal_variant,
+                config.sal_normalize,
+                config.sal_direction_reduction,
             )
             losses["sal_loss"] = sal
             total = total + config.sal_weight * sal

@@ -17,7 +17,10 @@ things, so colour and shape words alone determine a thing phrase's segments; stu
 Panoptic ids are random 24-bit values (most need all three PNG channels), so id decoding is really exercised.
 Generation is deterministic for a seed.
 
-CLI: ``python -m processing.synthetic --output_dir ROOT [--train 400] [--val 100] [--seed 0] [--image_style coco]``
+``--difficulty hard`` writes cluttered scenes instead (``processing.synthetic_hard``), in the same format.
+
+CLI: ``python -m processing.synthetic --output_dir ROOT [--train 400] [--val 100] [--seed 0] [--image_style coco]
+[--difficulty hard]``
 """
 
 from __future__ import annotations
@@ -261,18 +264,42 @@ def _narrative(scene: dict, rng: np.random.Generator) -> list[dict]:
     return opening + [segment for i in order for segment in sentences[i]]
 
 
-def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Generator, image_style: str) -> None:
+def _easy_example(rng: np.random.Generator, image_style: str) -> tuple[dict, np.ndarray, np.ndarray, list, list]:
+    """(scene, image, panoptic, segments_info, categories) of one easy scene; `_narrative(scene, rng)` words it."""
+    scene = _draw_scene(rng)
+    if image_style == "coco":
+        scene = coco_scene(scene)
+    return scene, *_render(scene, rng, image_style), CATEGORIES
+
+
+def _hard_example(rng: np.random.Generator, image_style: str) -> tuple[dict, np.ndarray, np.ndarray, list, list]:
+    from .synthetic_hard import HARD_CATEGORIES, draw_hard_scene, render_hard_scene  # it imports this module
+
+    scene = draw_hard_scene(rng)
+    return scene, *render_hard_scene(scene, rng), HARD_CATEGORIES
+
+
+def _hard_narrative(scene: dict, rng: np.random.Generator) -> list[dict]:
+    from .synthetic_hard import hard_narrative
+
+    return hard_narrative(scene, rng)
+
+
+DIFFICULTIES = {"easy": (_easy_example, _narrative), "hard": (_hard_example, _hard_narrative)}
+
+
+def _write_split(
+    root: Path, split: str, num_narratives: int, rng: np.random.Generator, image_style: str, difficulty: str
+) -> None:
     images_dir = root / "images" / split
     panoptic_dir = root / "annotations" / "panoptic_segmentation" / split
     images_dir.mkdir(parents=True, exist_ok=True)
     panoptic_dir.mkdir(parents=True, exist_ok=True)
     images, annotations, narratives = [], [], []
     image_id = SPLITS[split]
+    make_example, make_narrative = DIFFICULTIES[difficulty]
     while len(narratives) < num_narratives:
-        scene = _draw_scene(rng)
-        if image_style == "coco":
-            scene = coco_scene(scene)
-        image, panoptic, segments_info = _render(scene, rng, image_style)
+        scene, image, panoptic, segments_info, categories = make_example(rng, image_style)
         file_name, panoptic_name = f"{image_id:012d}.jpg", f"{image_id:012d}.png"
         PIL.Image.fromarray(image).save(images_dir / file_name, quality=90)
         PIL.Image.fromarray(panoptic).save(panoptic_dir / panoptic_name)
@@ -281,7 +308,7 @@ def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Gen
         # Some images get a second, independently worded narrative (as in the real benchmark).
         num_for_image = 2 if num_narratives - len(narratives) >= 2 and rng.random() < 0.25 else 1
         for _ in range(num_for_image):
-            segments = _narrative(scene, rng)
+            segments = make_narrative(scene, rng)
             caption = " ".join(segment["utterance"] for segment in segments)
             narratives.append({"image_id": str(image_id), "caption": caption, "segments": segments})
         image_id += 1
@@ -290,14 +317,21 @@ def _write_split(root: Path, split: str, num_narratives: int, rng: np.random.Gen
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": CATEGORIES,
+        "categories": categories,
     }
     annotations_dir = root / "annotations"
     (annotations_dir / f"panoptic_{split}.json").write_text(json.dumps(panoptic_json))
     (annotations_dir / f"png_coco_{split}.json").write_text(json.dumps(narratives))
 
 
-def generate(output, num_train: int = 400, num_val: int = 100, seed: int = 0, image_style: str = "plain") -> Path:
+def generate(
+    output,
+    num_train: int = 400,
+    num_val: int = 100,
+    seed: int = 0,
+    image_style: str = "plain",
+    difficulty: str = "easy",
+) -> Path:
     """Writes a synthetic benchmark (splits ``train2017`` and ``val2017``) in the official format.
 
     Args:
@@ -306,15 +340,21 @@ def generate(output, num_train: int = 400, num_val: int = 100, seed: int = 0, im
         seed (`int`): the same seed always gives the same files.
         image_style (`str`): ``"plain"`` (small flat images) or ``"coco"`` (640 px textured JPEGs of about 150 KB,
             see `processing.synthetic_coco`).
+        difficulty (`str`): ``"easy"`` (the scenes described above) or ``"hard"`` (cluttered scenes whose same-kind
+            things are told apart by position, size or relation: `processing.synthetic_hard`; plain images only).
 
     Returns:
         `Path` of the root.
     """
     if image_style not in IMAGE_STYLES:
         raise ValueError(f"image_style must be one of {IMAGE_STYLES}, got {image_style!r}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
+    if difficulty == "hard" and image_style != "plain":
+        raise ValueError(f"difficulty='hard' scenes have plain images only, got image_style={image_style!r}")
     root = Path(output)
     for split_index, (split, count) in enumerate((("train2017", num_train), ("val2017", num_val))):
-        _write_split(root, split, count, np.random.default_rng([seed, split_index]), image_style)
+        _write_split(root, split, count, np.random.default_rng([seed, split_index]), image_style, difficulty)
     return root
 
 
@@ -327,11 +367,19 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--image_style", choices=IMAGE_STYLES, default="plain", help="coco: 640 px textured JPEGs of about 150 KB"
     )
+    parser.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="easy", help="scene family")
     args = parser.parse_args(argv)
     root = generate(
-        args.output_dir, num_train=args.train, num_val=args.val, seed=args.seed, image_style=args.image_style
+        args.output_dir,
+        num_train=args.train,
+        num_val=args.val,
+        seed=args.seed,
+        image_style=args.image_style,
+        difficulty=args.difficulty,
     )
-    print(f"wrote a synthetic PNG benchmark ({args.train} train, {args.val} val narratives) to {root}")
+    print(
+        f"wrote a {args.difficulty} synthetic PNG benchmark ({args.train} train, {args.val} val narratives) to {root}"
+    )
 
 
 if __name__ == "__main__":

@@ -67,11 +67,14 @@ class TimeBudget(TrainerCallback):
             control.should_training_stop = True
 
 
-def prepare_data(output_dir: Path, num_train: int, num_val: int, seed: int) -> datasets.DatasetDict:
-    """Generate the synthetic benchmark and convert it, reusing what a previous run already wrote."""
+def prepare_data(
+    output_dir: Path, num_train: int, num_val: int, seed: int, difficulty: str = "easy"
+) -> datasets.DatasetDict:
+    """Generate the synthetic benchmark (`difficulty` "easy" or "hard") and convert it, reusing what a previous run
+    already wrote."""
     raw, converted = output_dir / "png_synthetic", output_dir / "png_dataset"
     if not raw.exists():
-        generate(raw, num_train=num_train, num_val=num_val, seed=seed)
+        generate(raw, num_train=num_train, num_val=num_val, seed=seed, difficulty=difficulty)
     if not converted.exists():
         convert(raw, converted)
     return datasets.load_dataset(str(converted))

@@ -20,7 +20,9 @@ def test_defaults_are_the_paper_config():
     assert (config.num_attention_heads, config.ffn_dim, config.dropout) == (8, 2048, 0.1)
     assert (config.bce_weight, config.dice_weight, config.sal_weight) == (2.0, 2.0, 1.0)
     assert config.lpa_distance == "euclidean" and config.lpa_truncation == 2.0
-    assert config.sal_variant == "bidirectional" and config.mask_threshold == 0.5
+    assert config.sal_variant == "paper" and config.mask_threshold == 0.5
+    assert not config.sal_normalize and config.sal_temperature == 10.0 and config.sal_direction_reduction == "sum"
+    assert config.attention_dropout == 0.1  # the authors' code; the paper is silent
     assert config.freeze_text_encoder and config.backbone_trainable_stages == 2
 
 
@@ -35,6 +37,8 @@ def test_defaults_are_the_paper_config():
         ({"communicator_layer_form": "pre-norm"}, "communicator_layer_form"),
         ({"dropout": 1.5}, "dropout"),
         ({"sal_temperature": 0.0}, "sal_temperature"),
+        ({"sal_normalize": True, "sal_temperature": 10.0}, "sal_temperature"),
+        ({"sal_direction_reduction": "max"}, "sal_direction_reduction"),
         ({"dice_weight": -1.0}, "dice_weight"),
         ({"mask_threshold": 1.0}, "mask_threshold"),
         ({"text_pooled_layers": 7}, "text_pooled_layers"),
@@ -71,6 +75,14 @@ def test_wrong_field_type_names_the_field_and_the_expected_type(tmp_path, overri
 
 def test_an_int_is_accepted_for_a_float_field():
     assert EpngConfig.tiny(layer_norm_eps=1, mask_threshold=0.5).layer_norm_eps == 1
+
+
+def test_sal_temperature_default_follows_normalisation_and_is_saved(tmp_path):
+    assert EpngConfig(**tiny_config_kwargs(sal_normalize=True)).sal_temperature == 0.07
+    assert EpngConfig(**tiny_config_kwargs(sal_normalize=True, sal_temperature=0.2)).sal_temperature == 0.2
+    EpngConfig(**tiny_config_kwargs(sal_normalize=True)).save_pretrained(tmp_path)
+    loaded = EpngConfig.from_pretrained(tmp_path)
+    assert loaded.sal_normalize and loaded.sal_temperature == 0.07
 
 
 def test_config_round_trip_and_auto_config(tmp_path):

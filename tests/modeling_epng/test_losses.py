@@ -51,7 +51,7 @@ def test_sal_single_phrase_phrase_to_pixel_term():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_sal_bidirectional_two_phrases():
+def test_sal_paper_form_two_phrases():
     phrases = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     pixels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)
     positives = torch.tensor([[True, False], [False, True]]).view(1, 2, 1, 2)
@@ -83,7 +83,7 @@ def test_sal_reference_variant_sums_positive_mass():
     assert paper.item() != pytest.approx(loss.item())
 
 
-@pytest.mark.parametrize("variant", ["bidirectional", "reference"])
+@pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_sal_without_phrases_or_positives_is_finite_with_finite_gradients(variant):
     phrases = torch.randn(2, 3, 4, requires_grad=True)
     pixels = torch.randn(2, 4, 2, 2, requires_grad=True)
@@ -106,3 +106,64 @@ def test_target_resize_rebinarises_and_pooling_marks_any_covered_pixel():
     single[0, 0, 5, 6] = True
     pooled = pool_targets(single, 4)
     assert pooled.shape == (1, 1, 2, 2) and pooled[0, 0, 1, 1] and pooled.sum() == 1
+
+
+# One phrase, three pixels with scores (2, 0, -1) at logit scale 1; the first two are the phrase's positives. With
+# s the logit scale, softmax probabilities are exp(s x) / Z(s), Z(s) = e^{2s} + 1 + e^{-s}, and E[x] = Z'(s) / Z(s).
+TOY_SCORES = (2.0, 0.0, -1.0)
+
+
+def _toy_sal(scale_value, **kwargs):
+    """SAL of the toy case as a function of a learnable logit scale; returns (loss, d loss / d scale)."""
+    scale = torch.tensor(scale_value, requires_grad=True)
+    phrase = torch.tensor([[[1.0, 0.0]]])
+    pixels = torch.tensor([[TOY_SCORES, (1.0, 1.0, 1.0)]]).view(1, 2, 1, 3)  # (B, C, h, w); f . p_j = TOY_SCORES
+    positives = torch.tensor([True, True, False]).view(1, 1, 1, 3)
+    loss = semantic_alignment_loss(scale * phrase, pixels, positives, torch.tensor([[True]]), **kwargs)
+    loss.backward()
+    return loss.item(), scale.grad.item()
+
+
+def _toy_hand():
+    z = math.exp(2) + 1 + math.exp(-1)
+    mean_score = (2 * math.exp(2) - math.exp(-1)) / z
+    # paper, phrase -> pixels: -(log p_1 + log p_2) / 2 = log Z - 1, gradient E[x] - 1; pixel -> phrases is 0 with
+    # one phrase (a softmax over one element).
+    paper = (math.log(z) - 1, mean_score - 1)
+    # reference: -log(p_1 + p_2) = log Z - log(e^2 + 1), gradient E[x] - 2 e^2 / (e^2 + 1).
+    reference = (math.log(z) - math.log(math.exp(2) + 1), mean_score - 2 * math.exp(2) / (math.exp(2) + 1))
+    return paper, reference
+
+
+def test_sal_paper_form_value_and_logit_scale_gradient_by_hand():
+    (value, gradient), _ = _toy_hand()
+    loss, grad = _toy_sal(1.0, temperature=1.0)
+    assert loss == pytest.approx(value, rel=1e-5) and grad == pytest.approx(gradient, rel=1e-4)
+    # The two positives disagree, so the mean-of-logs form wants a *smaller* scale here: its floor log|G+| = log 2
+    # is reached only when both positives get the same probability.
+    assert grad > 0
+    assert value > math.log(2)
+    loss, grad = _toy_sal(1.0, temperature=1.0, direction_reduction="mean")
+    assert loss == pytest.approx(value / 2, rel=1e-5) and grad == pytest.approx(gradient / 2, rel=1e-4)
+
+
+def test_sal_reference_form_value_and_logit_scale_gradient_by_hand():
+    _, (value, gradient) = _toy_hand()
+    loss, grad = _toy_sal(1.0, temperature=1.0, variant="reference")
+    assert loss == pytest.approx(value, rel=1e-5) and grad == pytest.approx(gradient, rel=1e-4)
+    assert grad < 0  # the log-of-sum form keeps rewarding a larger scale: its floor is 0, at infinite scale
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_sal_normalised_forms_value_by_hand_and_no_gradient_on_the_scale(variant):
+    # Cosines of the toy case: phrase (1, 0) against pixels (2, 1), (0, 1), (-1, 1).
+    cosines = [2 / math.sqrt(5), 0.0, -1 / math.sqrt(2)]
+    exps = [math.exp(c / 0.5) for c in cosines]
+    z = sum(exps)
+    if variant == "paper":
+        expected = -(math.log(exps[0] / z) + math.log(exps[1] / z)) / 2
+    else:
+        expected = -math.log((exps[0] + exps[1]) / z)
+    loss, grad = _toy_sal(3.0, temperature=0.5, variant=variant, normalize=True)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert grad == pytest.approx(0.0, abs=1e-6)  # cosines ignore the feature norm: tau alone sets the scale
