@@ -12,9 +12,9 @@ decay 0), learning rate 1e-5 with the paper's epoch steps (`--lr_schedule refere
 
 The authors' code differs in two more training details. Its optimiser is `torch.optim.Adam` with weight_decay 0.01,
 an L2 term added to the gradient (so scaled by Adam's per-parameter step size), not AdamW's decoupled decay:
-`--optimizer adam_l2` reproduces it. It also keeps an exponential moving average of the weights but applies it
-once per epoch, from weights that the average has barely moved away from their initial values, so after the first
-epoch training restarts close to the initialisation; that is a defect, and nothing here reproduces it.
+`--optimizer adam_l2` reproduces it. It also applies an exponential moving average of the weights once per epoch,
+which resets the weights close to their initial values after the first epoch; that is a defect, and nothing here
+reproduces it.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def test_flex_path_equals_explicit_path_in_inference(form):
 
 
 def test_flex_path_falls_back_to_explicit_for_cpu_training():
-    config = EpngConfig.tiny(lpa_implementation="flex")
+    # No attention dropout, so that the missing CPU backward alone makes it fall back.
+    config = EpngConfig.tiny(lpa_implementation="flex", attention_dropout=0.0)
     attention = EpngLocalityPerceptiveAttention(config)
     tokens = torch.randn(1, 12, config.hidden_size, requires_grad=True)
     output, _ = attention(tokens, (3, 4))
