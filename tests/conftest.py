@@ -58,9 +58,10 @@ def synthetic_dataset_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_config_dir(tmp_path_factory):
-    """An EpngConfig folder for a tiny model (dropout off, so runs on different process counts can match)."""
+    """An EpngConfig folder for a tiny model (dropout and attention dropout off, so runs on different process counts
+    can match)."""
     from modeling_epng import EpngConfig
 
     folder = tmp_path_factory.mktemp("tiny_config")
-    EpngConfig.tiny(dropout=0.0).save_pretrained(folder)
+    EpngConfig.tiny(dropout=0.0, attention_dropout=0.0).save_pretrained(folder)
     return folder

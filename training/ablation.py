@@ -34,7 +34,8 @@ from modeling_epng import EpngForPanopticNarrativeGrounding
 from processing.collate import EpngCollator
 from training.demo import demo_config, prepare_data
 from training.evaluation import GroundingEvalCollator
-from training.metrics import AR_SUBSETS, _markdown_table
+from training.markdown import markdown_table
+from training.metrics import AR_SUBSETS
 from training.run_png import EpngTrainer, EpngTrainingArguments, build_processor
 
 BASELINE = "LPA Euclidean"
@@ -50,7 +51,7 @@ ROWS = [
     ("SAL", "SAL normalised one-way", {"sal_variant": "reference", "sal_normalize": True}),
     ("SAL", "SAL normalised bidirectional", {"sal_variant": "paper", "sal_normalize": True}),
 ]
-SUBSET_TITLES = {"all": "All", "thing": "Thing", "stuff": "Stuff", "singular": "Single", "plural": "Plural"}
+SUBSETS = [subset.name for subset in AR_SUBSETS]
 
 
 def run_key(overrides: dict) -> str:
@@ -133,7 +134,7 @@ def train_and_evaluate(overrides, seed, dataset, text_encoder_path, feature_mode
     trainer.train()
     seconds = time.monotonic() - start
     metrics = trainer.evaluate()
-    return {name: metrics[f"eval_ar_{name}"] for name in AR_SUBSETS} | {
+    return {name: metrics[f"eval_ar_{name}"] for name in SUBSETS} | {
         "num_phrases": metrics["eval_num_phrases"],
         "train_seconds": seconds,
     }
@@ -150,7 +151,7 @@ def summarize(results: dict, datasets: list[str], seeds: list[int]) -> dict:
             seed_runs = [runs[run_key(overrides)][str(s)] for s in seeds if str(s) in runs.get(run_key(overrides), {})]
             if not seed_runs:
                 continue
-            values = {name: np.array([run[name] for run in seed_runs]) for name in AR_SUBSETS}
+            values = {name: np.array([run[name] for run in seed_runs]) for name in SUBSETS}
             per_row[label] = {
                 "group": group,
                 "overrides": overrides,
@@ -163,7 +164,7 @@ def summarize(results: dict, datasets: list[str], seeds: list[int]) -> dict:
             comparable = base is not None and label not in (BASELINE, "SAL paper")
             comparable = comparable and min(row["num_seeds"], base["num_seeds"]) > 1
             row["differs"] = {}
-            for name in AR_SUBSETS:
+            for name in SUBSETS:
                 pooled = np.sqrt((row["std"][name] ** 2 + base["std"][name] ** 2) / 2) if comparable else 0.0
                 row["differs"][name] = bool(comparable and abs(row["mean"][name] - base["mean"][name]) > 2 * pooled)
         summary[dataset] = per_row
@@ -180,12 +181,17 @@ def markdown(summary: dict, budget: dict) -> str:
         body = []
         for label, row in per_row.items():
             cells = []
-            for name in AR_SUBSETS:
+            for name in SUBSETS:
                 mark = "*" if row["differs"][name] else ""
                 cells.append(f"{row['mean'][name]:.1f} ± {row['std'][name]:.1f}{mark}")
             seeds = "" if row["num_seeds"] == len(budget["seeds"]) else f" (n={row['num_seeds']})"
             body.append([f"{row['group']}: {label}{seeds}", *cells])
-        parts.append(f"**{dataset}**\n\n" + _markdown_table(["Row", *SUBSET_TITLES.values()], body))
+        parts.append(
+            f"**{dataset}**\n\n"
+            + markdown_table(
+                ["Row", *(subset.title for subset in AR_SUBSETS)], body, right_aligned=[False] + [True] * len(SUBSETS)
+            )
+        )
     return "\n\n".join(parts) + "\n"
 
 

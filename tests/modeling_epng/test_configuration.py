@@ -78,9 +78,9 @@ def test_an_int_is_accepted_for_a_float_field():
 
 
 def test_sal_temperature_default_follows_normalisation_and_is_saved(tmp_path):
-    assert EpngConfig(**tiny_config_kwargs(sal_normalize=True)).sal_temperature == 0.07
-    assert EpngConfig(**tiny_config_kwargs(sal_normalize=True, sal_temperature=0.2)).sal_temperature == 0.2
-    EpngConfig(**tiny_config_kwargs(sal_normalize=True)).save_pretrained(tmp_path)
+    assert EpngConfig.tiny(sal_normalize=True).sal_temperature == 0.07
+    assert EpngConfig.tiny(sal_normalize=True, sal_temperature=0.2).sal_temperature == 0.2
+    EpngConfig.tiny(sal_normalize=True).save_pretrained(tmp_path)
     loaded = EpngConfig.from_pretrained(tmp_path)
     assert loaded.sal_normalize and loaded.sal_temperature == 0.07
 

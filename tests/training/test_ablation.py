@@ -34,7 +34,7 @@ def test_ablation_runs_writes_json_and_markdown_and_resumes(tmp_path, monkeypatc
 
 
 def _run(value):
-    return {name: value for name in ablation.AR_SUBSETS}
+    return {name: value for name in ablation.SUBSETS}
 
 
 def test_summary_marks_only_differences_beyond_twice_the_pooled_std():

@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from training.run_png import EpngTrainer, EpngTrainingArguments, main
 
 
 def _optimizer(tmp_path, **kwargs):
-    model = EpngForPanopticNarrativeGrounding(EpngConfig(**tiny_config_kwargs()))
+    model = EpngForPanopticNarrativeGrounding(EpngConfig.tiny())
     args = EpngTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, learning_rate=1e-3, **kwargs)
     trainer = EpngTrainer(model=model, args=args, processor=None, eval_collator=None)
     return model, trainer.create_optimizer()
