@@ -103,7 +103,8 @@ def train_and_evaluate(overrides, seed, dataset, text_encoder_path, feature_mode
     """One run: a fresh demo-size model with `overrides`, trained on `dataset["train"]`, AR on its validation."""
     torch.manual_seed(seed)
     model = EpngForPanopticNarrativeGrounding(demo_config(text_encoder_path, **overrides))
-    processor = build_processor(AutoTokenizer.from_pretrained(text_encoder_path), args.image_size)
+    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
+    processor = build_processor(tokenizer, args.image_size, model.config.mask_threshold)
     training_args = EpngTrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=args.epochs,
