@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "push-model",
         help="upload an EPNG checkpoint folder, with a generated model card",
         description="Check an EPNG checkpoint folder (config, safetensors weights, processor, tokenizer), write its "
-        "README.md model card, and upload it to a Hub model repository. Training leftovers (checkpoint-*/, "
-        "optimizer and scheduler states, runs/, *.bin pickles) are not uploaded.",
+        "README.md model card, and upload it to a Hub model repository. Only what a model repository holds is "
+        "uploaded (weights, configs, processor and tokenizer files, card, EPNG code, evaluation results and plot); "
+        "everything else, and any link pointing out of the folder, is skipped and listed by --dry_run.",
     )
     _add_push_arguments(push_model_parser, "checkpoint")
     _add_card_arguments(push_model_parser)

@@ -52,6 +52,14 @@ FUSED_STRIDE = 16
 MASK_STRIDE = 4
 
 
+def resize_maps(maps: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bilinear resize of (B, K, h, w) maps to (B, K, *size); K = 0 (a batch without phrases) gives an empty result
+    that stays attached to the graph, where `F.interpolate` would raise."""
+    if maps.shape[1] == 0:
+        return maps.new_zeros((*maps.shape[:2], *size)) + maps.sum()
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=align_corners)
+
+
 @dataclass
 class EpngOutput(ModelOutput):
     """
@@ -329,12 +337,13 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
 
     def upsample_to_mask_stride(self, feature_map: torch.Tensor) -> torch.Tensor:
         """(B, K, H/16, W/16) -> (B, K, H/4, W/4), bilinear."""
+        height, width = feature_map.shape[-2:]
         scale = FUSED_STRIDE // MASK_STRIDE
-        return F.interpolate(
-            feature_map, scale_factor=scale, mode="bilinear", align_corners=self.config.upsample_align_corners
-        )
+        return resize_maps(feature_map, (height * scale, width * scale), self.config.upsample_align_corners)
 
-    def _check_inputs(self, pixel_values, input_ids, phrase_ids, phrase_mask, phrase_features, mask_labels):
+    def _check_inputs(
+        self, pixel_values, input_ids, attention_mask, phrase_ids, phrase_mask, phrase_features, mask_labels
+    ):
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must have shape (B, 3, H, W), got {tuple(pixel_values.shape)}")
         height, width = pixel_values.shape[-2:]
@@ -358,6 +367,19 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
             )
         elif phrase_ids.numel() and int(phrase_ids.max()) >= num_phrases:
             raise ValueError(f"phrase_ids refers to phrase {int(phrase_ids.max())} but phrase_mask has P={num_phrases}")
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        if phrase_features is None and max_positions is not None and input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens but the text encoder embeds at most {max_positions} "
+                f"(text_config.max_position_embeddings): tokenize with max_length <= {max_positions}"
+            )
+        if attention_mask is not None and input_ids is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+            )
+        # One reduction over the input; skipped while compiling or exporting, where it would be a data-dependent branch.
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values contains NaN or infinite values: check the image loading and normalisation")
         if mask_labels is not None and (mask_labels.dim() != 4 or mask_labels.shape[:2] != (batch_size, num_phrases)):
             raise ValueError(
                 f"mask_labels must have shape (B={batch_size}, P={num_phrases}, H', W'), got {tuple(mask_labels.shape)}"
@@ -410,7 +432,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         if phrase_mask is None:
             raise ValueError("Pass either phrase_features, or input_ids with phrase_ids")
         phrase_mask = phrase_mask.bool()
-        self._check_inputs(pixel_values, input_ids, phrase_ids, phrase_mask, phrase_features, mask_labels)
+        self._check_inputs(
+            pixel_values, input_ids, attention_mask, phrase_ids, phrase_mask, phrase_features, mask_labels
+        )
 
         if phrase_features is None:
             if attention_mask is None:
@@ -455,12 +479,28 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         phrase_mask: torch.Tensor,
         input_size: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
-        """BCE and Dice at the input size, SAL at the H/4 map; returns `loss` and the unweighted terms."""
+        """BCE and Dice at the input size, SAL at the H/4 map; returns `loss` and the unweighted terms.
+
+        Always computed in float32, also under autocast or for a half-precision model: in float16 the sigmoid of a
+        confident logit rounds to exactly 0 or 1 and BCE saturates.
+        """
+        with torch.autocast(mask_logits.device.type, enabled=False):
+            return self._compute_loss_float32(
+                mask_logits.float(),
+                phrase_embeddings.float(),
+                pixel_embeddings.float(),
+                mask_labels,
+                phrase_mask,
+                input_size,
+            )
+
+    def _compute_loss_float32(
+        self, mask_logits, phrase_embeddings, pixel_embeddings, mask_labels, phrase_mask, input_size
+    ) -> dict[str, torch.Tensor]:
         config = self.config
         targets = prepare_mask_targets(mask_labels, tuple(input_size), config.upsample_align_corners)
-        mask_probs = F.interpolate(
-            mask_logits.sigmoid(), size=tuple(input_size), mode="bilinear", align_corners=config.upsample_align_corners
-        ).clamp(0.0, 1.0)  # interpolating saturated probabilities can overshoot 1 by an ulp, which BCE rejects
+        # interpolating saturated probabilities can overshoot 1 by an ulp, which BCE rejects
+        mask_probs = resize_maps(mask_logits.sigmoid(), tuple(input_size), config.upsample_align_corners).clamp(0, 1)
         bce = mask_bce_loss(mask_probs, targets, phrase_mask)
         dice = mask_dice_loss(mask_probs, targets, phrase_mask, config.dice_eps)
         losses = {"bce_loss": bce, "dice_loss": dice}

@@ -31,6 +31,16 @@ from .phrase_extraction import extract_phrase_spans
 PhraseSpec = tuple[int, int] | str
 
 _SNIPPET_LENGTH = 40
+# Post-processing refuses target sizes above PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about
+# 13377 x 13377): an image that large cannot be opened by default anyway, and a typo such as 50000 x 50000 would
+# otherwise allocate gigabytes per phrase.
+MAX_TARGET_PIXELS = 178_956_970
+# Phrases are resized in chunks of at most this many output pixels, bounding the float32 intermediate at 128 MiB.
+_RESIZE_CHUNK_PIXELS = 2**25
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _snippet(text: str) -> str:
@@ -69,6 +79,8 @@ def resolve_phrase_spans(text: str, phrases: Sequence[PhraseSpec], narrative_ind
         else:
             if len(phrase) != 2:
                 raise ValueError(f"Span {phrase!r} of {where} must be a (char_start, char_end) pair.")
+            if not all(_is_integer(offset) for offset in phrase):
+                raise ValueError(f"Span {tuple(phrase)!r} of {where} must hold integer character offsets.")
             span = (int(phrase[0]), int(phrase[1]))
             if not 0 <= span[0] <= span[1] <= len(text):
                 raise ValueError(f"Span {span} is outside {where}, which has {len(text)} characters.")
@@ -84,6 +96,60 @@ def resolve_phrase_spans(text: str, phrases: Sequence[PhraseSpec], narrative_ind
         if current[0] < previous[1]:
             raise ValueError(f"Spans {previous} and {current} of {where} overlap.")
     return spans
+
+
+def _holds_sequences(phrase) -> bool:
+    return isinstance(phrase, (list, tuple)) and any(isinstance(item, (str, list, tuple)) for item in phrase)
+
+
+def _check_phrase_nesting(phrases) -> None:
+    """Raise `ValueError` unless `phrases` holds one list of phrases (strings or spans) per narrative; the spans
+    themselves are checked by [`resolve_phrase_spans`]."""
+    for index, narrative in enumerate(phrases):
+        if isinstance(narrative, str) or (
+            isinstance(narrative, (list, tuple)) and narrative and all(_is_integer(item) for item in narrative)
+        ):
+            raise ValueError(
+                f"`phrases` must hold one list of phrases per narrative, but item {index} is the phrase "
+                f"{narrative!r}: for a batch `text=[t0, t1]` pass `phrases=[[phrases of t0], [phrases of t1]]` "
+                "(a single narrative `text=t0` takes `phrases=[phrases of t0]`)."
+            )
+        if not isinstance(narrative, (list, tuple)) or any(map(_holds_sequences, narrative)):
+            raise ValueError(
+                f"`phrases` item {index} must be a list of phrase strings or (char_start, char_end) spans, got "
+                f"{narrative!r}: lists nested one level too deep?"
+            )
+
+
+def _check_max_length(max_length: int, tokenizer) -> None:
+    """Refuse a token budget the tokenizer's model cannot embed (its position embeddings end there)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not _is_integer(max_length) or max_length < 1:
+        raise ValueError(f"`max_length` must be a positive integer, got {max_length!r}.")
+    # Tokenizers without a known limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
+    if limit is not None and limit < 10**9 and max_length > limit:
+        raise ValueError(
+            f"`max_length={max_length}` exceeds the {limit} tokens the text encoder can embed "
+            f"(tokenizer.model_max_length, its max_position_embeddings); use max_length <= {limit}."
+        )
+
+
+def _check_target_size(target_size, max_target_pixels: int | None) -> tuple[int, int]:
+    """`(height, width)` as ints; `ValueError` unless it is a pair of positive integers within the pixel budget."""
+    if isinstance(target_size, (torch.Tensor, np.ndarray)):
+        target_size = target_size.tolist()
+    if not isinstance(target_size, (tuple, list)) or len(target_size) != 2 or not all(map(_is_integer, target_size)):
+        raise ValueError(f"A target size must be a (height, width) pair of integers, got {target_size!r}.")
+    height, width = (int(side) for side in target_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"A target size (height, width) must be positive, got {(height, width)}.")
+    if max_target_pixels is not None and height * width > max_target_pixels:
+        raise ValueError(
+            f"Target size (height, width) = {(height, width)} has {height * width} pixels, above the limit of "
+            f"{max_target_pixels} (max_target_pixels); check that it is the original image size, or pass "
+            "max_target_pixels=None."
+        )
+    return height, width
 
 
 def token_phrase_ids(offsets: np.ndarray, is_text_token: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -216,6 +282,9 @@ class EpngProcessor(ProcessorMixin):
             known_segment_ids = None if known_segment_ids is None else [known_segment_ids]
             if panoptic_maps is not None and not isinstance(panoptic_maps, (list, tuple)):
                 panoptic_maps = [panoptic_maps]
+        if phrases is not None and not automatic_phrases:
+            _check_phrase_nesting(phrases)
+        _check_max_length(max_length, self.tokenizer)
 
         data: dict[str, Any] = {}
         if automatic_phrases:
@@ -315,11 +384,16 @@ class EpngProcessor(ProcessorMixin):
         return padded
 
     def post_process_image_grounding(
-        self, mask_logits: torch.Tensor, target_size: tuple[int, int], threshold: float | None = None
+        self,
+        mask_logits: torch.Tensor,
+        target_size: tuple[int, int],
+        threshold: float | None = None,
+        max_target_pixels: int | None = MAX_TARGET_PIXELS,
     ) -> dict[str, torch.Tensor]:
         """
         Binary masks of one image at its original resolution: sigmoid, bilinear resize
-        (`align_corners=False`) straight to `target_size`, then `probability >= threshold`.
+        (`align_corners=False`) straight to `target_size`, then `probability >= threshold`. Phrases are resized a
+        few at a time, so the float32 intermediate stays within 128 MiB whatever their number.
 
         Args:
             mask_logits (`torch.Tensor` of shape `(P, h, w)`):
@@ -328,21 +402,29 @@ class EpngProcessor(ProcessorMixin):
                 `(H, W)` of the original image.
             threshold (`float`, *optional*, defaults to `self.mask_threshold`):
                 Probability threshold.
+            max_target_pixels (`int`, *optional*, defaults to 178956970):
+                Largest `H * W` accepted (PIL's default `MAX_IMAGE_PIXELS`); `None` lifts the limit.
 
         Returns:
             `dict` with `masks`: bool `(P, H, W)`, and `scores`: float `(P,)`, the mean probability inside each
             predicted mask (0 for an empty mask), on the device of `mask_logits`.
         """
-        height, width = (int(side) for side in target_size)
+        height, width = _check_target_size(target_size, max_target_pixels)
         probabilities = mask_logits.detach().float().sigmoid()
-        if probabilities.shape[0] == 0:
-            empty = probabilities.new_zeros((0, height, width))
-            return {"masks": empty.bool(), "scores": probabilities.new_zeros((0,))}
-        probabilities = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)
-        probabilities = probabilities[0]
-        masks = probabilities >= (self.mask_threshold if threshold is None else threshold)
-        mask_areas = masks.sum(dim=(1, 2))
-        scores = (probabilities * masks).sum(dim=(1, 2)) / mask_areas.clamp(min=1)
+        threshold = self.mask_threshold if threshold is None else threshold
+        num_phrases = probabilities.shape[0]
+        masks = torch.zeros((num_phrases, height, width), dtype=torch.bool, device=probabilities.device)
+        scores = probabilities.new_zeros((num_phrases,))
+        chunk = max(1, _RESIZE_CHUNK_PIXELS // (height * width))
+        for start in range(0, num_phrases, chunk):
+            resized = F.interpolate(
+                probabilities[None, start : start + chunk], size=(height, width), mode="bilinear", align_corners=False
+            )[0]
+            chunk_masks = resized >= threshold
+            masks[start : start + chunk] = chunk_masks
+            scores[start : start + chunk] = (resized * chunk_masks).sum(dim=(1, 2)) / chunk_masks.sum(dim=(1, 2)).clamp(
+                min=1
+            )
         return {"masks": masks, "scores": scores}
 
     def post_process_grounding(
@@ -351,6 +433,7 @@ class EpngProcessor(ProcessorMixin):
         target_sizes: Sequence[tuple[int, int]] | torch.Tensor,
         phrase_mask: torch.Tensor | None = None,
         threshold: float | None = None,
+        max_target_pixels: int | None = MAX_TARGET_PIXELS,
     ) -> list[dict[str, torch.Tensor]]:
         """
         Turn the model's mask logits into binary masks at each image's original resolution.
@@ -367,6 +450,8 @@ class EpngProcessor(ProcessorMixin):
                 True for real phrases; only those are returned. Defaults to all phrases.
             threshold (`float`, *optional*, defaults to `self.mask_threshold`):
                 Probability threshold.
+            max_target_pixels (`int`, *optional*, defaults to 178956970):
+                Largest `H * W` accepted per image (PIL's default `MAX_IMAGE_PIXELS`); `None` lifts the limit.
 
         Returns:
             `list[dict]`, one per image, with `masks` bool `(P_real, H, W)` and `scores` float `(P_real,)`.
@@ -386,12 +471,13 @@ class EpngProcessor(ProcessorMixin):
                 f"`phrase_mask` has shape {tuple(phrase_mask.shape)} but the logits have (B, P) = "
                 f"{tuple(mask_logits.shape[:2])}."
             )
+        checked_sizes = [_check_target_size(size, max_target_pixels) for size in target_sizes]
         results = []
-        for index, target_size in enumerate(target_sizes):
+        for index, target_size in enumerate(checked_sizes):
             image_logits = mask_logits[index]
             if phrase_mask is not None:
                 image_logits = image_logits[phrase_mask[index].to(device=image_logits.device, dtype=torch.bool)]
-            results.append(self.post_process_image_grounding(image_logits, tuple(target_size), threshold))
+            results.append(self.post_process_image_grounding(image_logits, target_size, threshold, max_target_pixels))
         return results
 
 
