@@ -301,7 +301,7 @@ def push_model(
     folder = Path(folder)
     _check_repo_id(repo_id)
     check_model_folder(folder)
-    code_files = [path.name for path in remote_code_files(folder)]
+    code_files = [path.name for path in remote_code_files()]
     # Files the push writes into (card, auto_map, code) or that the repository needs must be the folder's own.
     needed = [README, CONFIG_FILE, SAFETENSORS_WEIGHTS, SAFETENSORS_INDEX, *PROCESSOR_CONFIGS, *code_files]
     linked_out = outward_links(folder, [*needed, TOKENIZER_CONFIG, *TOKENIZER_VOCABULARIES])

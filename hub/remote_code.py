@@ -21,21 +21,20 @@ processor = AutoProcessor.from_pretrained("user/epng-png", trust_remote_code=Tru
 
 What [`add_remote_code`] does:
 
-- copies the files that define `EpngConfig`, `EpngForPanopticNarrativeGrounding`, `EpngProcessor` and
-  `EpngImageProcessor` (`configuration_epng.py`, `modeling_epng.py`, `processing_epng.py`, `image_processing_epng.py`)
-  and, recursively, every file they import relatively (`attention.py`, `communicator.py`, `losses.py`,
-  `phrase_extraction.py`): transformers' loader copies exactly that closure into its `transformers_modules` cache.
-  The files are copied from the installed package at save time, so the package stays their only source.
-- with the processor, also copies `pipeline_epng.py` and writes a `custom_pipelines` entry into `config.json`, so
+- copies the model folder `modeling_epng/` as it is (every module but `__init__.py`, whose only job is to register
+  the Auto classes inside the package): it imports nothing from the rest of this repository, so its files load as
+  the flat folder transformers' loader makes of them. They are copied from the installed package at save time, so
+  the package stays their only source.
+- with the processor, writes a `custom_pipelines` entry into `config.json`, so
   `pipeline("panoptic-narrative-grounding", model=..., trust_remote_code=True)` works too.
 - writes `auto_map` into `config.json` (`AutoConfig`, `AutoModel`), into `processor_config.json` (`AutoProcessor`,
   and `AutoImageProcessor` in its nested `image_processor` entry, which is where transformers 5 stores the image
-  processor) and into a legacy `preprocessor_config.json` if there is one. The processor code is only added when the
-  folder holds a processor. The tokenizer is a standard BERT tokenizer and needs no code.
+  processor) and into a legacy `preprocessor_config.json` if there is one. The processor entries are only written
+  when the folder holds a processor. The tokenizer is a standard BERT tokenizer and needs no code.
 
-Only the inference path travels: dataset readers, collation, metrics and training stay in the package. The copied
+Only the model folder travels: dataset readers, collation, metrics and training stay in the package. The copied
 files must not import this project's packages by absolute name (the loader would ask the user to `pip install`
-them); [`collect_code_files`] refuses such files, and files of the same name from different packages.
+them); [`remote_code_files`] refuses such files.
 
 The same result could come from `register_for_auto_class()` on each class before `save_pretrained`, but that sets
 class-wide state for the whole process and only applies to folders saved afterwards; this works on any saved folder.
@@ -52,13 +51,15 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+from transformers.dynamic_module_utils import get_imports
 
+import modeling_epng
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
 from modeling_epng.pipeline_epng import TASK, EpngPanopticNarrativeGroundingPipeline
 
 # Top-level packages of this project: a copied file importing one of them would not load without the package.
 PROJECT_PACKAGES = ("modeling_epng", "processing", "training", "hub")
+MODEL_FOLDER = Path(modeling_epng.__file__).parent
 CONFIG_FILE = "config.json"
 PROCESSOR_FILE = "processor_config.json"
 LEGACY_PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -69,28 +70,16 @@ def class_reference(cls: type) -> str:
     return f"{Path(sys.modules[cls.__module__].__file__).stem}.{cls.__name__}"
 
 
-def collect_code_files(classes: Iterable[type]) -> list[Path]:
-    """
-    The source files defining `classes` and, recursively, the files they import relatively.
-
-    Raises:
-        `ValueError`: a file imports one of this project's packages by absolute name, or two files share a name
-        (the folder is flat, like the loader's cache).
-    """
-    files: dict[str, Path] = {}
-    for cls in classes:
-        defining_file = Path(sys.modules[cls.__module__].__file__)
-        for file in [defining_file, *map(Path, get_relative_import_files(defining_file))]:
-            if files.setdefault(file.name, file) != file:
-                raise ValueError(f"Two code files are both named {file.name}: {files[file.name]} and {file}")
-    for file in files.values():
+def check_self_contained(files: Iterable[Path]) -> None:
+    """Raise `ValueError` if one of `files` imports one of this project's packages by absolute name: as remote code it
+    would not load without this package."""
+    for file in files:
         project_imports = sorted(set(get_imports(file)) & set(PROJECT_PACKAGES))
         if project_imports:
             raise ValueError(
                 f"{file} imports {', '.join(project_imports)} by absolute name, so it cannot load as remote code "
                 "without this package; use a relative import within the package"
             )
-    return list(files.values())
 
 
 def _add_auto_map(json_file: Path, entries: dict[str, str], image_processor_entries: dict[str, str] | None = None):
@@ -115,14 +104,12 @@ def _add_custom_pipeline(config_file: Path) -> None:
     config_file.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def remote_code_files(folder: str | os.PathLike) -> list[Path]:
-    """The package's code files that [`add_remote_code`] copies into `folder` (processor code only when the
-    folder holds a processor)."""
-    folder = Path(folder)
-    classes: list[type] = [EpngConfig, EpngForPanopticNarrativeGrounding]
-    if any((folder / name).is_file() for name in (PROCESSOR_FILE, LEGACY_PREPROCESSOR_FILE)):
-        classes += [EpngProcessor, EpngImageProcessor, EpngPanopticNarrativeGroundingPipeline]
-    return collect_code_files(classes)
+def remote_code_files() -> list[Path]:
+    """The files of the model folder that [`add_remote_code`] copies: every module of `modeling_epng/` but its
+    `__init__.py`, checked by [`check_self_contained`]."""
+    files = sorted(path for path in MODEL_FOLDER.glob("*.py") if path.name != "__init__.py")
+    check_self_contained(files)
+    return files
 
 
 def add_remote_code(folder: str | os.PathLike) -> list[Path]:
@@ -146,13 +133,14 @@ def add_remote_code(folder: str | os.PathLike) -> list[Path]:
     if model_type != EpngConfig.model_type:
         raise ValueError(f"{config_file} has model_type {model_type!r}, not {EpngConfig.model_type!r}")
 
-    written = [Path(shutil.copyfile(file, folder / file.name)) for file in remote_code_files(folder)]
+    written = [Path(shutil.copyfile(file, folder / file.name)) for file in remote_code_files()]
+    has_processor = any((folder / name).is_file() for name in (PROCESSOR_FILE, LEGACY_PREPROCESSOR_FILE))
 
     _add_auto_map(
         config_file,
         {"AutoConfig": class_reference(EpngConfig), "AutoModel": class_reference(EpngForPanopticNarrativeGrounding)},
     )
-    if any(file.name == "pipeline_epng.py" for file in written):
+    if has_processor:
         _add_custom_pipeline(config_file)
     processor_entry = {"AutoProcessor": class_reference(EpngProcessor)}
     image_processor_entry = {"AutoImageProcessor": class_reference(EpngImageProcessor)}

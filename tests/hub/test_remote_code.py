@@ -2,7 +2,6 @@
 project's packages, and computes what the in-package model and processor compute."""
 
 import filecmp
-import importlib.util
 import inspect
 import json
 import os
@@ -15,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from hub.remote_code import PROJECT_PACKAGES, add_remote_code, collect_code_files
+from hub.remote_code import PROJECT_PACKAGES, add_remote_code, check_self_contained
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
 from modeling_epng.pipeline_epng import EpngPanopticNarrativeGroundingPipeline
 
@@ -248,20 +247,16 @@ def test_pipeline_loads_from_the_folder_without_the_package(saved_folder, tmp_pa
     )
 
 
-def test_model_only_folder_gets_model_code_only(tmp_path, tiny_config):
+def test_model_only_folder_gets_no_processor_or_pipeline_entries(tmp_path, tiny_config):
     folder = tmp_path / "model-only"
     EpngForPanopticNarrativeGrounding(tiny_config).save_pretrained(folder)
 
     written = add_remote_code(folder)
 
-    assert sorted(file.name for file in written) == [
-        "attention.py",
-        "communicator.py",
-        "configuration_epng.py",
-        "inference.py",
-        "losses.py",
-        "modeling_epng.py",
-    ]
+    assert sorted(file.name for file in written) == sorted(PACKAGE_CODE_FILES)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"} and "custom_pipelines" not in config
+    assert not (folder / "processor_config.json").exists()
 
 
 def test_rejects_a_folder_that_is_not_epng(tmp_path):
@@ -273,15 +268,12 @@ def test_rejects_a_folder_that_is_not_epng(tmp_path):
         add_remote_code(tmp_path / "missing")
 
 
-def test_code_importing_a_project_package_is_refused(tmp_path, monkeypatch):
+def test_code_importing_a_project_package_is_refused(tmp_path):
     module_file = tmp_path / "leaky_processing.py"
-    module_file.write_text(
-        "def collate(batch):\n    from processing.collate import collate_batch\n\n\nclass Leaky:\n    pass\n"
-    )
-    spec = importlib.util.spec_from_file_location("leaky_processing", module_file)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "leaky_processing", module)
-    spec.loader.exec_module(module)
+    module_file.write_text("def collate(batch):\n    from processing.collate import collate_batch\n")
+    relative = tmp_path / "relative.py"
+    relative.write_text("from .configuration_epng import EpngConfig\n")
 
+    check_self_contained([relative])
     with pytest.raises(ValueError, match="imports processing by absolute name"):
-        collect_code_files([module.Leaky])
+        check_self_contained([relative, module_file])
