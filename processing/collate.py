@@ -76,7 +76,7 @@ class EpngCollator:
           `image_ids` (list of str), `narrative_indices` long `(B,)`.
 
     Ground-truth masks at original resolution are not part of the batch (they would have to be kept for the whole
-    split); get them per example with [`ground_truth_masks`] when scoring a batch.
+    split); the evaluation's `training.evaluation.GroundingEvalCollator` adds what builds them, per example.
 
     Args:
         processor ([`EpngProcessor`]):
@@ -175,23 +175,6 @@ class EpngCollator:
         batch["image_ids"] = [str(example["image_id"]) for example in examples]
         batch["narrative_indices"] = torch.tensor([int(example["narrative_index"]) for example in examples])
         return batch
-
-    def ground_truth_masks(self, example: Mapping[str, Any]) -> torch.Tensor:
-        """
-        Ground-truth mask of every phrase of one example at the original resolution, for scoring.
-
-        Args:
-            example (`dict`): A PNG dataset example.
-
-        Returns:
-            `torch.BoolTensor` of shape `(P, height, width)`, phrases in the order of the example (= the batch's
-            phrase slots).
-        """
-        return self.processor.image_processor.phrase_masks(
-            example["panoptic_map"],
-            [phrase["segment_ids"] for phrase in as_records(example["phrases"])],
-            known_segment_ids=self._known_segment_ids(example),
-        )
 
 
 __all__ = ["METADATA_KEYS", "EpngCollator", "as_records", "pop_metadata"]

@@ -99,14 +99,6 @@ def test_model_inputs_only_and_pop_metadata(collator):
     assert "mask_labels" not in no_targets and "phrase_is_thing" in no_targets
 
 
-def test_ground_truth_masks_at_original_resolution(collator):
-    masks = collator.ground_truth_masks(make_example(phrases_as_columns=True))
-    assert masks.shape == (3, 20, 30) and masks.dtype == torch.bool
-    assert masks[0, :10].all() and not masks[0, 10:].any()
-    assert masks[1, :10, :15].all() and masks[1].sum() == 150
-    assert masks[2, 10:].all() and masks[2].sum() == 300
-
-
 def test_collator_is_picklable(collator):
     examples = [make_example(), make_short_example()]
     restored = pickle.loads(pickle.dumps(collator))
@@ -169,4 +161,3 @@ def test_narrative_without_phrases(collator):
     mixed = collator([example, make_example()])
     assert mixed["phrase_mask"].tolist() == [[False] * 3, [True] * 3]
     assert not mixed["mask_labels"][0].any()
-    assert collator.ground_truth_masks(example).shape == (0, 24, 16)
