@@ -149,6 +149,9 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
 
     def distance_matrix(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """The (N, N) distance prior D, computed once per grid size and device and cached."""
+        if not (isinstance(height, int) and isinstance(width, int)):
+            # Symbolic sizes (torch.export with a dynamic image size): part of the graph, which no cache can hold.
+            return lpa_distance_matrix(height, width, self.distance_form, self.truncation, device)
         key = (height, width, str(device))
         if key not in self._distance_cache:
             # A normal tensor even when first asked for under inference_mode: an inference tensor in the cache could

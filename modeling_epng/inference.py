@@ -11,14 +11,23 @@
   a CPU, so it pays only in long-running processes that see the same shapes many times (evaluation, a server), not in
   a one-shot command line run. An exported artefact (`python -m hub.export`) gives the compiled speed without that
   minute; when one next to the weights matches the machine it is used instead of compiling.
+
+Exported artefacts (written by `python -m hub.export`, loaded here): an AOTInductor package `epng_inference.pt2` next
+to the weights, with a manifest `epng_inference.json` recording what it was built for (torch version, device, CPU
+capability and flags, dtype, SHA-256 of the weights). It is used only when all of them match this machine and the
+weights; otherwise one log line says why not, and the eager fast path runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import inspect
+import json
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +36,17 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ARTIFACT_FILE = "epng_inference.pt2"
+MANIFEST_FILE = "epng_inference.json"
+# The exported program's inputs (with their dtypes) and outputs, in order.
+ARTIFACT_INPUTS = {
+    "pixel_values": torch.float32,
+    "input_ids": torch.long,
+    "attention_mask": torch.long,
+    "phrase_ids": torch.long,
+    "phrase_mask": torch.bool,
+}
+ARTIFACT_OUTPUTS = ("mask_logits", "phrase_embeddings", "pixel_embeddings")
 # torch.backends.cpu.get_cpu_capability() values under which torch's CPU kernels use AVX-512 instructions.
 AVX512_CAPABILITIES = ("AVX512", "AVX512_BF16", "AVX512_VNNI", "AMX")
 
@@ -53,6 +73,11 @@ class EpngInferenceSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The /proc/cpuinfo flags that name instruction-set extensions: Inductor compiles for the host's (-march=native), so a
+# compiled artefact needs all of those it was built with; the other flags (hypervisor, tsc, ...) do not matter.
+ISA_FLAG = re.compile(r"^(avx|amx|sse|ssse|fma|f16c|bmi|gfni|vaes|vpclmul|pclmul|sha|aes|popcnt|movbe|adx|abm|xop)")
 
 
 def cpu_flags() -> set[str]:
@@ -159,6 +184,7 @@ def optimize_for_inference(
     compile: bool = False,
     channels_last: bool = True,
     fold_batch_norms: bool = True,
+    use_artifact: bool = True,
 ):
     """Prepare an `EpngForPanopticNarrativeGrounding` for inference, in place; see the module docstring.
 
@@ -168,6 +194,9 @@ def optimize_for_inference(
             process and input shape; it pays in long-running processes only.
         channels_last: convolution weights and pixel values in channels_last memory format.
         fold_batch_norms: fold the batch norms that follow convolutions into them.
+        use_artifact: run the artefact exported next to the weights (`python -m hub.export`) when it matches this
+            machine, the weights and the dtype (then nothing is compiled); calls it does not cover (losses, cached
+            phrase features, attentions) run the eager fast path.
 
     Returns:
         The model, in eval mode without gradients, with `model.inference_settings` ([`EpngInferenceSettings`]).
@@ -184,8 +213,112 @@ def optimize_for_inference(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.forward = _autocast_forward(model.forward, device.type, DTYPES[dtype_name], channels_last)
+    artifact = load_artifact(model, dtype_name) if use_artifact else None
+    compile = compile and artifact is None
     if compile:
         model.compile()
-    model.inference_settings = EpngInferenceSettings(dtype_name, reason, channels_last, folded, compile)
+    model.inference_settings = EpngInferenceSettings(dtype_name, reason, channels_last, folded, compile, artifact)
     logger.info(f"EPNG inference settings: {model.inference_settings.to_dict()}")
     return model
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """SHA-256 over the `*.safetensors` files of a model folder (sorted by name), which an artefact embeds."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as weights:
+            for block in iter(functools.partial(weights.read, 1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def machine_fingerprint(device: torch.device | str) -> dict:
+    """What a compiled artefact depends on: torch version, device, and the CPU's capability and feature flags
+    (Inductor compiles for the host's instruction set) or the GPU's compute capability."""
+    device = torch.device(device)
+    fingerprint = {"torch_version": torch.__version__, "device": device.type}
+    if device.type == "cuda":
+        fingerprint["cuda_capability"] = list(torch.cuda.get_device_capability(device))
+    else:
+        fingerprint["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        fingerprint["cpu_flags"] = sorted(flag for flag in cpu_flags() if ISA_FLAG.match(flag))
+    return fingerprint
+
+
+def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str, weights: str | None) -> str | None:
+    """Why an artefact with this manifest cannot serve here, or None when it can."""
+    for key in ("torch_version", "device", "cpu_capability", "cuda_capability"):
+        if manifest.get(key) != fingerprint.get(key):
+            return f"built for {key}={manifest.get(key)!r}, this machine has {fingerprint.get(key)!r}"
+    missing = sorted(set(manifest.get("cpu_flags", [])) - set(fingerprint.get("cpu_flags", [])))
+    if missing:
+        return f"built on a CPU with flags this one lacks: {', '.join(missing[:8])}"
+    if manifest.get("dtype") != dtype:
+        return f"built for dtype {manifest.get('dtype')!r}, {dtype!r} is asked for here"
+    if weights is not None and manifest.get("weights_sha256") != weights:
+        return "the weights next to it changed since it was exported"
+    return None
+
+
+def find_artifact(model, dtype: str) -> tuple[Path | None, str]:
+    """The artefact next to the model's weights that matches this machine, or None and why not.
+
+    The model's folder is `model.name_or_path` (set by `from_pretrained` from a local folder)."""
+    model_dir = Path(str(getattr(model, "name_or_path", "") or ""))
+    manifest_path = model_dir / MANIFEST_FILE
+    if not str(model_dir) or not manifest_path.is_file():
+        return None, "no exported artefact next to the weights"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"unreadable {manifest_path}: {error}"
+    artifact = model_dir / manifest.get("file", ARTIFACT_FILE)
+    if not artifact.is_file():
+        return None, f"{manifest_path} names {artifact.name}, which is missing"
+    reason = artifact_mismatch(manifest, machine_fingerprint(model.device), dtype, weights_sha256(model_dir))
+    return (None, reason) if reason else (artifact, "matches this machine")
+
+
+def _artifact_forward(model, package, eager_forward):
+    """A forward that runs the exported `package` for plain inference calls (pixel values + tokens + phrase ids and
+    mask) and `eager_forward` for everything else (losses, cached phrase features, attentions, tuples)."""
+    from .modeling_epng import EpngOutput
+
+    signature = inspect.signature(eager_forward)
+
+    @functools.wraps(eager_forward)
+    def artifact_forward(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        covered = all(arguments.get(name) is not None for name in ("input_ids", "phrase_ids", "phrase_mask"))
+        covered &= arguments.get("mask_labels") is None and arguments.get("phrase_features") is None
+        covered &= not arguments.get("output_attentions") and arguments.get("return_dict") is not False
+        if not covered:
+            return eager_forward(*args, **kwargs)
+        if arguments.get("attention_mask") is None:
+            arguments["attention_mask"] = torch.ones_like(arguments["input_ids"])
+        inputs = {name: arguments[name].to(model.device, dtype) for name, dtype in ARTIFACT_INPUTS.items()}
+        model._check_inputs(
+            inputs["pixel_values"], inputs["input_ids"], inputs["phrase_ids"], inputs["phrase_mask"], None, None
+        )
+        outputs = package(**inputs)
+        return EpngOutput(**dict(zip(ARTIFACT_OUTPUTS, outputs, strict=True)))
+
+    return artifact_forward
+
+
+def load_artifact(model, dtype: str) -> str | None:
+    """Route the model's plain inference calls to the matching exported artefact, if there is one; logs one line
+    when an artefact exists but cannot be used. Returns the artefact's path, or None."""
+    artifact, reason = find_artifact(model, dtype)
+    if artifact is None:
+        if reason.startswith("no exported artefact"):
+            logger.info(f"EPNG: {reason}; running the eager fast path.")
+        else:
+            logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
+        return None
+    from torch._inductor import aoti_load_package
+
+    package = aoti_load_package(str(artifact))
+    model.forward = _artifact_forward(model, package, model.forward)
+    return str(artifact)

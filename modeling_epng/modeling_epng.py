@@ -326,14 +326,20 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         }
 
     def optimize_for_inference(
-        self, dtype: str = "auto", compile: bool = False, channels_last: bool = True, fold_batch_norms: bool = True
+        self,
+        dtype: str = "auto",
+        compile: bool = False,
+        channels_last: bool = True,
+        fold_batch_norms: bool = True,
+        use_artifact: bool = True,
     ) -> EpngForPanopticNarrativeGrounding:
         """Prepare the model for inference, in place, and return it: bf16 autocast where the hardware computes bf16
-        natively (`dtype="auto"`), channels_last, batch norms folded into the convolutions, optionally
-        `torch.compile`. Outputs stay within 1e-2 of fp32 in probability. See `modeling_epng/inference.py`."""
+        natively (`dtype="auto"`), channels_last, batch norms folded into the convolutions, the artefact exported
+        next to the weights when it matches the machine, else optionally `torch.compile`. Outputs stay within 1e-2
+        of fp32 in probability. See `modeling_epng/inference.py`."""
         from .inference import optimize_for_inference
 
-        return optimize_for_inference(self, dtype, compile, channels_last, fold_batch_norms)
+        return optimize_for_inference(self, dtype, compile, channels_last, fold_batch_norms, use_artifact)
 
     def upsample_to_mask_stride(self, feature_map: torch.Tensor) -> torch.Tensor:
         """(B, K, H/16, W/16) -> (B, K, H/4, W/4), bilinear."""

@@ -38,6 +38,7 @@ from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.attention import EpngLocalityPerceptiveAttention, flex_fallback_reason
 from modeling_epng.configuration_epng import check_input_size
 
+from .benchmark_fast_path import add_arguments, check_arguments, fast_path_section, format_fast_path, instruction_sets
 from .benchmark_processor import processor_throughput
 from .benchmark_timing import KEY_FIELDS, PeakMemory, Variant, autocast, latency_ratios, measure_variants, synchronize
 
@@ -260,7 +261,8 @@ def format_report(report: dict) -> str:
         f"EPNG benchmark on {report['device']} | torch {report['torch_version']} | {report['image_size']} px | "
         f"{report['num_phrases']} phrases | load average {report['load_average']}"
     )
-    lines = [title, ""]
+    isa = report["instruction_sets"]
+    lines = [title, f"CPU capability {isa['cpu_capability']}; ISA flags: {' '.join(isa['isa_flags'])}", ""]
     columns = ("section", "batch", "dtype", "lpa", "mode", "text", "ms", "img/s", "peak MiB", "+MiB", "status")
     row = "{:9} {:>5} {:5} {:8} {:7} {:4} {:>9} {:>8} {:>8} {:>7}  {}"
     lines += [row.format(*columns), "-" * 100]
@@ -282,6 +284,8 @@ def format_report(report: dict) -> str:
             f"  {ratio['section']:9} {ratio['comparison']:24} latency {ratio['latency_ratio']:6.3f}  "
             f"memory increase {memory:>5}  [{fixed}]"
         )
+    if "fast_path" in report:
+        lines += format_fast_path(report["fast_path"])
     for breakdown in report.get("breakdown", []):
         parts = breakdown["parts_ms"]
         lines += ["", f"Per-part forward, batch {breakdown['batch_size']}, fp32 eager, lpa={breakdown['lpa']}:"]
@@ -351,7 +355,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny config at 64 px: a smoke test, not a benchmark")
     parser.add_argument("--threads", type=int, help="torch CPU threads (torch's default: one per core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (0)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -441,6 +447,7 @@ def main(argv=None) -> dict:
     report = {
         "device": device_name(device),
         "device_type": device.type,
+        "instruction_sets": instruction_sets(device),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "cuda_version": torch.version.cuda,
@@ -460,6 +467,8 @@ def main(argv=None) -> dict:
     measurements = (
         [] if args.skip_inference else inference_measurements(model, compiled_model, config, args, device, measure)
     )
+    if args.fast_path:
+        report["fast_path"] = fast_path_section(config, args, device, memory)
     if args.breakdown:
         report["breakdown"] = [part_breakdown(model, config, args, device, lpa) for lpa in args.lpa]
     if args.profile:

@@ -23,7 +23,7 @@ def report(tmp_path_factory):
     breakdown and profile; returns the JSON file it wrote, read back."""
     path = tmp_path_factory.mktemp("benchmark") / "report.json"
     extra = ["--lpa", "explicit", "flex", "--dtypes", "fp32", "bf16", "--with_text_encoder", "--training"]
-    extra += ["--processor", "--processor_samples", "2", "--breakdown", "--profile", "--json", str(path)]
+    extra += ["--processor", "--processor_samples", "2", "--breakdown", "--profile", "--fast_path", "--json", str(path)]
     threads = torch.get_num_threads()
     try:
         benchmark.main(TINY_RUN + extra)
@@ -79,6 +79,34 @@ def test_breakdown_profile_and_processor(report):
         assert processor["samples_per_s_per_worker"] > 0 and processor["tokens"] > 0
     else:  # the processor or the offline tokenizer is not installed: a clear skip, not a crash
         assert processor["status"] == "skipped" and processor["reason"]
+
+
+def test_fast_path_variants_are_compared_with_fp32_eager(report):
+    assert report["instruction_sets"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    records = {record["variant"]: record for record in report["fast_path"]["measurements"]}
+    assert set(records) == {"fp32_eager", "fast_path", "fast_path_fp32", "artifact"}
+    assert records["fp32_eager"]["speedup_vs_fp32_eager"] == pytest.approx(1.0)
+    for name in ("fast_path", "fast_path_fp32"):
+        assert records[name]["status"] == "ok" and records[name]["speedup_vs_fp32_eager"] > 0
+        assert records[name]["max_probability_error"] <= 1e-2
+    assert records["fast_path_fp32"]["max_probability_error"] <= 1e-4  # folding and layout only
+    # Random weights and no saved folder: the artefact variant says what it needs.
+    assert records["artifact"]["status"] == "skipped" and "--model_name_or_path" in records["artifact"]["reason"]
+    assert report["fast_path"]["settings"]["fast_path_fp32"]["dtype"] == "fp32"
+
+
+def test_cold_start_runs_a_fresh_process(tmp_path, tiny_config):
+    from modeling_epng import EpngForPanopticNarrativeGrounding
+    from training.benchmark_cold_start import cold_start_seconds
+
+    EpngForPanopticNarrativeGrounding(tiny_config).save_pretrained(tmp_path)
+    args = benchmark.parse_args(TINY_RUN)
+    record = cold_start_seconds(str(tmp_path), "fast_path", args)
+    assert record["status"] == "ok", record
+    assert record["seconds"] > 0 and record["settings"]["folded_batch_norms"] > 0
+    assert record["settings"]["artifact"] is None
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([*TINY_RUN, "--cold_start"])
 
 
 def test_unsupported_combinations_have_reasons(monkeypatch):
