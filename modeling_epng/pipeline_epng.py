@@ -91,6 +91,9 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         if optimize and hasattr(self.model, "optimize_for_inference"):
             self.model.optimize_for_inference()
 
+    def get_inference_context(self):
+        return torch.inference_mode
+
     def _sanitize_parameters(self, threshold=None, spacy_model=None, max_length=None, timeout=None, **kwargs):
         if kwargs:
             raise TypeError(f"Unknown arguments of the {TASK} pipeline: {sorted(kwargs)}")
@@ -194,15 +197,17 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         logits = model_outputs["mask_logits"][0, : len(spans)][kept]
         grounding = self.processor.post_process_image_grounding(logits, model_outputs["original_size"], threshold)
         kept_spans = [span for span, keep in zip(spans, kept.tolist(), strict=True) if keep]
+        masks = (grounding["masks"].to(torch.uint8) * 255).cpu().numpy()  # 2-D uint8 slices: PIL mode "L"
+        scores = grounding["scores"].tolist()
         results = []
-        for (start, end), mask, score in zip(kept_spans, grounding["masks"], grounding["scores"], strict=True):
+        for (start, end), mask, score in zip(kept_spans, masks, scores, strict=True):
             results.append(
                 {
                     "phrase": narrative[start:end],
                     "start": start,
                     "end": end,
-                    "score": float(score),
-                    "mask": Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255),  # 2-D uint8: mode "L"
+                    "score": score,
+                    "mask": Image.fromarray(mask),
                 }
             )
         return results

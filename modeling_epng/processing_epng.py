@@ -422,9 +422,9 @@ class EpngProcessor(ProcessorMixin):
             )[0]
             chunk_masks = resized >= threshold
             masks[start : start + chunk] = chunk_masks
-            scores[start : start + chunk] = (resized * chunk_masks).sum(dim=(1, 2)) / chunk_masks.sum(dim=(1, 2)).clamp(
-                min=1
-            )
+            # torch.where instead of a product: the same sum without allocating a second full-size float tensor.
+            inside = torch.where(chunk_masks, resized, 0.0).sum(dim=(1, 2))
+            scores[start : start + chunk] = inside / chunk_masks.sum(dim=(1, 2)).clamp(min=1)
         return {"masks": masks, "scores": scores}
 
     def post_process_grounding(

@@ -11,6 +11,8 @@ tiny configuration at 64 px for smoke tests. Sections (each a list of records in
 * `training` (`--training`): forward + loss + backward + Adam step on 640 px inputs with random mask targets.
 * `processor` (`--processor`): `EpngProcessor` samples/s per data-loading worker on COCO-sized JPEGs with panoptic
   PNG targets (decoding included), with one torch thread as in a `DataLoader` worker.
+* `pipeline` (`--pipeline`): the `panoptic-narrative-grounding` pipeline (noun phrases, processing, forward,
+  post-processing) against the bare forward of the demo model at 224 px; see `training/benchmark_pipeline.py`.
 * `breakdown` (`--breakdown`): per-part forward time (backbone, FPN + fusion, text encoder, communicator, head).
 * `profile` (`--profile`): torch.profiler's top-10 operators of one forward.
 
@@ -39,6 +41,7 @@ from modeling_epng.attention import EpngLocalityPerceptiveAttention, flex_fallba
 from modeling_epng.configuration_epng import check_input_size
 
 from .benchmark_fast_path import add_arguments, check_arguments, fast_path_section, format_fast_path, instruction_sets
+from .benchmark_pipeline import format_pipeline_overhead, pipeline_overhead
 from .benchmark_processor import processor_throughput
 from .benchmark_timing import KEY_FIELDS, PeakMemory, Variant, autocast, latency_ratios, measure_variants, synchronize
 
@@ -305,6 +308,8 @@ def format_report(report: dict) -> str:
         lines += ["", summary]
     elif processor:
         lines += ["", f"Processor: skipped: {processor['reason']}"]
+    if report.get("pipeline"):
+        lines += format_pipeline_overhead(report["pipeline"])
     return "\n".join(lines)
 
 
@@ -346,6 +351,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tokenizer", metavar="FOLDER", help="folder of a fast BERT tokenizer (default: the offline MiniLM package)"
+    )
+    parser.add_argument(
+        "--pipeline", action="store_true", help="also measure the pipeline against the bare forward (demo model)"
+    )
+    parser.add_argument("--pipeline_iterations", type=int, default=20, help="timed pipeline iterations (20)")
+    parser.add_argument(
+        "--pipeline_image_size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), help="image size (the input size)"
     )
     parser.add_argument("--breakdown", action="store_true", help="also time the model's parts")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top-10 operators")
@@ -478,6 +490,16 @@ def main(argv=None) -> dict:
         sample_size, samples = args.processor_image_size, args.processor_samples
         report["processor"] = processor_throughput(
             args.image_size, sample_size, args.num_phrases, samples, args.warmup, args.tokenizer
+        )
+    if args.pipeline:
+        report["pipeline"] = pipeline_overhead(
+            args.tiny,
+            args.tokenizer,
+            device,
+            args.warmup,
+            args.pipeline_iterations,
+            args.pipeline_image_size,
+            args.seed,
         )
     if args.training:
         measurements += training_measurements(config, args, device, measure)
