@@ -24,6 +24,8 @@ the pronouns that refer to them) and drop the rest:
 - pure position phrases, whose words are all determiners or position words ("the top", "the left side", "the
   background", "the bottom right corner", "front" of "in front of"); "a counter top" stays;
 - a quantity noun and its "of" complement become one phrase ("a group of people", "a pair of shoes");
+- a chunk the parser grew over a preposition is cut there, each side kept only if groundable ("the right near three
+  red circles" → "three red circles");
 - a coordination inside one chunk is split ("a sandwich and a plate" → two phrases); adjectives coordinated inside a
   phrase ("red and white flowers") are not.
 
@@ -109,9 +111,8 @@ def load_spacy_pipeline(spacy_model: str | None = None) -> Any:
     raise ImportError(f"None of the spaCy English pipelines {DEFAULT_SPACY_MODELS} is installed: {INSTALL_HINT}")
 
 
-def _is_framing(chunk) -> bool:
-    """Narrator, framing or pure position phrase."""
-    root = chunk.root
+def _is_framing(chunk, root) -> bool:
+    """Narrator, framing or pure position phrase (`chunk`: its tokens, `root`: its head token)."""
     word = root.lower_
     if root.pos_ == "PRON":
         if word in NARRATOR_PRONOUNS or word in NON_REFERRING_PRONOUNS:
@@ -149,6 +150,24 @@ def _split_coordination(tokens: list) -> list[list]:
     return [tokens]
 
 
+def _split_prepositions(tokens: list) -> list[list]:
+    """Split at prepositions a chunk the parser grew over one ("the right near three red circles")."""
+    parts = [[]]
+    for token in tokens:
+        if token.pos_ == "ADP":
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return [part for part in parts if part]
+
+
+def _head_token(tokens: list):
+    """The token of `tokens` whose head lies outside them (the last one if several)."""
+    indices = {token.i for token in tokens}
+    heads = [token for token in tokens if token.head.i not in indices or token.head.i == token.i]
+    return heads[-1] if heads else tokens[-1]
+
+
 def _quantity_complement(chunk, chunk_by_root: dict):
     """The chunk of "people" in "a group of people": the noun chunk under the quantity noun's "of"."""
     if chunk.root.lower_ not in QUANTITY_NOUNS:
@@ -177,7 +196,7 @@ def phrase_spans_from_doc(doc) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     covered_until = 0  # token index: a merged quantity phrase covers the chunk of its complement
     for chunk in chunks:
-        if chunk.start < covered_until or _is_framing(chunk):
+        if chunk.start < covered_until or _is_framing(chunk, chunk.root):
             continue
         complement = _quantity_complement(chunk, chunk_by_root)
         if complement is not None and complement.root.sent.start == chunk.root.sent.start:
@@ -186,9 +205,10 @@ def phrase_spans_from_doc(doc) -> list[tuple[int, int]]:
             continue
         sentence = chunk.root.sent
         tokens = [token for token in chunk if sentence.start <= token.i < sentence.end]
-        for part in _split_coordination(tokens):
+        parts = [piece for part in _split_coordination(tokens) for piece in _split_prepositions(part)]
+        for part in parts:
             part = [token for token in part if not token.is_punct or token.i not in (part[0].i, part[-1].i)]
-            if part:
+            if part and (len(parts) == 1 or not _is_framing(part, _head_token(part))):
                 spans.append((part[0].idx, part[-1].idx + len(part[-1].text)))
     return spans
 

@@ -26,6 +26,8 @@ def phrase_texts(text):
          ["him", "a group of people", "a pair of shoes"]),
         ("We can see red and white flowers in the foreground.", ["red and white flowers"]),
         ("In the center there is a counter top with a sink.", ["a counter top", "a sink"]),
+        ("There is the big yellow circle on the right near three red circles.",
+         ["the big yellow circle", "three red circles"]),
     ],
 )  # fmt: skip
 def test_keeps_groundable_phrases_and_drops_framing_and_position(text, expected):
