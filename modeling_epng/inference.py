@@ -122,7 +122,7 @@ def _conv_batch_norm_pairs(module: nn.Module):
     """(parent, batch-norm attribute name, conv) for every convolution directly followed by a batch norm: the
     `convolution` + `normalization` pair of transformers' conv layers (ResNet, RegNet, ...) and consecutive entries
     of an `nn.Sequential`."""
-    from .modeling_epng import EpngFrozenBatchNorm2d
+    from .visual_encoder import EpngFrozenBatchNorm2d
 
     norms = (EpngFrozenBatchNorm2d, nn.BatchNorm2d)
     for parent in module.modules():

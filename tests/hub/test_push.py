@@ -63,6 +63,7 @@ CODE_FILES = [
     "phrase_extraction.py",
     "pipeline_epng.py",
     "processing_epng.py",
+    "visual_encoder.py",
 ]
 EXPECTED_MODEL_FILES = sorted(CHECKPOINT_FILES + CODE_FILES)
 DATASET_CARD = """---

@@ -25,6 +25,7 @@ PACKAGE_CODE_FILES = {
     "losses.py": "modeling_epng/losses.py",
     "inference.py": "modeling_epng/inference.py",
     "communicator.py": "modeling_epng/communicator.py",
+    "visual_encoder.py": "modeling_epng/visual_encoder.py",
     "processing_epng.py": "modeling_epng/processing_epng.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
     "phrase_extraction.py": "modeling_epng/phrase_extraction.py",

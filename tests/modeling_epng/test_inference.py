@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, inference
-from modeling_epng.modeling_epng import EpngFrozenBatchNorm2d
+from modeling_epng.visual_encoder import EpngFrozenBatchNorm2d
 
 MAX_PROBABILITY_ERROR = 1e-2
 

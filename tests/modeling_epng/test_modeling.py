@@ -5,7 +5,7 @@ import torch
 from epng_testing import check_model_conventions, grounding_inputs
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
-from modeling_epng.modeling_epng import backbone_stages
+from modeling_epng.visual_encoder import backbone_stages
 
 
 def make_model(seed=0, **overrides):
