@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from epng_testing import tiny_config_kwargs
 
 from hub import export
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
@@ -22,8 +21,8 @@ pytestmark = pytest.mark.slow
 def exported_dir(tmp_path_factory):
     """A saved tiny model (one communicator layer, a one-layer text encoder) and the artefact exported next to it."""
     torch.manual_seed(0)
-    text_config = dict(tiny_config_kwargs()["text_config"], num_hidden_layers=1)
-    config = EpngConfig(**tiny_config_kwargs(num_communicator_layers=1, text_config=text_config, text_pooled_layers=1))
+    text_config = {**EpngConfig.tiny().text_config.to_dict(), "num_hidden_layers": 1}
+    config = EpngConfig.tiny(num_communicator_layers=1, text_config=text_config, text_pooled_layers=1)
     folder = tmp_path_factory.mktemp("exported")
     EpngForPanopticNarrativeGrounding(config).save_pretrained(folder)
     manifest = export.main(["--model_name_or_path", str(folder), "--max_image_size", "256"])
