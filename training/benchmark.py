@@ -25,11 +25,8 @@ How time and memory are measured on CPU and CUDA: see `training/benchmark_timing
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import re
 import statistics
 import time
 
@@ -40,10 +37,11 @@ from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.attention import EpngLocalityPerceptiveAttention, flex_fallback_reason
 from modeling_epng.configuration_epng import check_input_size
 
-from .benchmark_fast_path import add_arguments, check_arguments, fast_path_section, format_fast_path, instruction_sets
-from .benchmark_pipeline import format_pipeline_overhead, pipeline_overhead
+from .benchmark_fast_path import add_arguments, check_arguments, fast_path_section, instruction_sets
+from .benchmark_pipeline import pipeline_overhead
 from .benchmark_processor import processor_throughput
-from .benchmark_timing import KEY_FIELDS, PeakMemory, Variant, autocast, latency_ratios, measure_variants, synchronize
+from .benchmark_report import device_name, format_report
+from .benchmark_timing import PeakMemory, Variant, autocast, latency_ratios, measure_variants, synchronize
 
 # 16 channels per head: the least the GPU flex kernel takes
 TINY_CONFIG_OVERRIDES = {"num_attention_heads": 3}
@@ -247,70 +245,6 @@ def operator_profile(model, config, args, device) -> dict:
         ],
         "table": averages.table(sort_by=time_field, row_limit=10),
     }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model_name = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError, AttributeError), open("/proc/cpuinfo") as cpuinfo:
-        model_name = re.search(r"model name\s*:\s*(.*)", cpuinfo.read()).group(1)
-    return f"{model_name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-
-
-def format_report(report: dict) -> str:
-    """Human-readable tables of a report (the JSON keeps every value)."""
-    title = (
-        f"EPNG benchmark on {report['device']} | torch {report['torch_version']} | {report['image_size']} px | "
-        f"{report['num_phrases']} phrases | load average {report['load_average']}"
-    )
-    isa = report["instruction_sets"]
-    lines = [title, f"CPU capability {isa['cpu_capability']}; ISA flags: {' '.join(isa['isa_flags'])}", ""]
-    columns = ("section", "batch", "dtype", "lpa", "mode", "text", "ms", "img/s", "peak MiB", "+MiB", "status")
-    row = "{:9} {:>5} {:5} {:8} {:7} {:4} {:>9} {:>8} {:>8} {:>7}  {}"
-    lines += [row.format(*columns), "-" * 100]
-    for m in report["measurements"]:
-        settings = [m["section"], m["batch_size"], m["dtype"], m["lpa"], "compile" if m["compiled"] else "eager"]
-        settings.append("yes" if m["text_encoder"] else "no")
-        if m["status"] == "ok":
-            values = [f"{m['latency_ms']:.1f}", f"{m['images_per_s']:.2f}", f"{m['peak_memory_mb']:.0f}"]
-            lines.append(row.format(*settings, *values, f"{m['peak_memory_increase_mb']:.0f}", "ok"))
-        else:
-            lines.append(row.format(*settings, "-", "-", "-", "-", f"{m['status']}: {m['reason']}"))
-    if report["ratios"]:
-        lines += ["", "Ratios of two measurements of this run (latency < 1: the numerator is faster):"]
-    for ratio in report["ratios"]:
-        fixed = ", ".join(f"{key}={ratio[key]}" for key in KEY_FIELDS[1:] if key in ratio)
-        memory = ratio["peak_memory_increase_ratio"]
-        memory = "-" if memory is None else f"{memory:.2f}"
-        lines.append(
-            f"  {ratio['section']:9} {ratio['comparison']:24} latency {ratio['latency_ratio']:6.3f}  "
-            f"memory increase {memory:>5}  [{fixed}]"
-        )
-    if "fast_path" in report:
-        lines += format_fast_path(report["fast_path"])
-    for breakdown in report.get("breakdown", []):
-        parts = breakdown["parts_ms"]
-        lines += ["", f"Per-part forward, batch {breakdown['batch_size']}, fp32 eager, lpa={breakdown['lpa']}:"]
-        lines += [f"  {name:14} {ms:10.1f} ms  {100 * ms / parts['total']:5.1f}%" for name, ms in parts.items()]
-    if "profile" in report:
-        profile = report["profile"]
-        title = f"one eager forward, batch {profile['batch_size']}, {profile['dtype']}, {profile['lpa']} LPA"
-        lines += ["", f"Top-10 operators ({title}):", profile["table"]]
-    processor = report.get("processor")
-    if processor and processor["status"] == "ok":
-        width, height = processor["image_size"]
-        summary = (
-            f"Processor: {processor['samples_per_s_per_worker']:.2f} samples/s per worker, median "
-            f"{processor['latency_ms']:.1f} ms ({width}x{height} JPEG + panoptic PNG, {processor['tokens']} tokens, "
-            f"{processor['num_phrases']} phrases)"
-        )
-        lines += ["", summary]
-    elif processor:
-        lines += ["", f"Processor: skipped: {processor['reason']}"]
-    if report.get("pipeline"):
-        lines += format_pipeline_overhead(report["pipeline"])
-    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
