@@ -32,11 +32,11 @@ from transformers import AutoTokenizer
 
 from modeling_epng import EpngForPanopticNarrativeGrounding
 from processing.collate import EpngCollator
-from training.demo import demo_config, prepare_data
+from training.demo import demo_config, demo_training_arguments, prepare_data
 from training.evaluation import GroundingEvalCollator
 from training.markdown import markdown_table
 from training.metrics import AR_SUBSETS
-from training.run_png import EpngTrainer, EpngTrainingArguments, build_processor
+from training.run_png import EpngTrainer, build_processor
 
 BASELINE = "LPA Euclidean"
 # (group, row label, EpngConfig overrides); rows with equal overrides are trained once.
@@ -105,22 +105,8 @@ def train_and_evaluate(overrides, seed, dataset, text_encoder_path, feature_mode
     model = EpngForPanopticNarrativeGrounding(demo_config(text_encoder_path, **overrides))
     tokenizer = AutoTokenizer.from_pretrained(text_encoder_path)
     processor = build_processor(tokenizer, args.image_size, model.config.mask_threshold)
-    training_args = EpngTrainingArguments(
-        output_dir=str(run_dir),
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=16,
-        learning_rate=args.learning_rate,
-        # The paper's steps (x0.5, then x0.05), stretched from epochs 5/10 to 40%/80% of the run, as in the demo.
-        lr_schedule="paper",
-        lr_schedule_epoch_scale=args.epochs * 0.08,
-        max_grad_norm=1.0,
-        logging_steps=10**6,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+    training_args = demo_training_arguments(
+        run_dir, args.epochs, args.batch_size, args.learning_rate, seed, logging_steps=10**6, disable_tqdm=True
     )
     trainer = EpngTrainer(
         model=model,

@@ -52,6 +52,29 @@ def demo_config(text_encoder_path: str, **overrides) -> EpngConfig:
     return EpngConfig(**{**fields, **overrides})
 
 
+def demo_training_arguments(
+    output_dir: str | Path, epochs: int, batch_size: int, learning_rate: float, seed: int, **overrides
+) -> EpngTrainingArguments:
+    """The demo's training arguments (shared by the ablation runs): Adam with the paper's steps stretched to the run,
+    gradient clipping, no checkpoints, no reporting; `overrides` replace any of them."""
+    fields = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=16,
+        learning_rate=learning_rate,
+        # The paper's steps (x0.5, then x0.05), stretched from epochs 5/10 to 40%/80% of the run.
+        lr_schedule="paper",
+        lr_schedule_epoch_scale=epochs * 0.08,
+        max_grad_norm=1.0,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    return EpngTrainingArguments(**{**fields, **overrides})
+
+
 class TimeBudget(TrainerCallback):
     """Stops training once `seconds` have passed, so the demo keeps its wall-clock promise on a slow machine."""
 
@@ -132,22 +155,8 @@ def main(argv=None) -> dict:
     )
     print({key: f"{value / 1e6:.2f}M" for key, value in model.parameter_report().items()})
 
-    training_args = EpngTrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=16,
-        learning_rate=args.learning_rate,
-        # The paper's steps (x0.5, then x0.05), stretched from epochs 5/10 to 40%/80% of the run.
-        lr_schedule="paper",
-        lr_schedule_epoch_scale=args.epochs * 0.08,
-        max_grad_norm=1.0,
-        logging_steps=25,
-        save_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
+    training_args = demo_training_arguments(
+        output_dir / "trainer", args.epochs, args.batch_size, args.learning_rate, args.seed, logging_steps=25
     )
     trainer = EpngTrainer(
         model=model,
