@@ -299,7 +299,13 @@ def _artifact_forward(model, package, eager_forward):
             arguments["attention_mask"] = torch.ones_like(arguments["input_ids"])
         inputs = {name: arguments[name].to(model.device, dtype) for name, dtype in ARTIFACT_INPUTS.items()}
         model._check_inputs(
-            inputs["pixel_values"], inputs["input_ids"], inputs["phrase_ids"], inputs["phrase_mask"], None, None
+            inputs["pixel_values"],
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["phrase_ids"],
+            inputs["phrase_mask"],
+            None,
+            None,
         )
         outputs = package(**inputs)
         return EpngOutput(**dict(zip(ARTIFACT_OUTPUTS, outputs, strict=True)))
