@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import PurePosixPath, PureWindowsPath
 
-import numpy as np
 import PIL.Image
 
 
@@ -36,6 +35,7 @@ def duplicated_ids(ids: Iterable[int]) -> dict[int, int]:
 def panoptic_segment_ids(png_bytes: bytes) -> set[int]:
     """The segment ids drawn in a panoptic PNG (id = R + 256·G + 256²·B; 0 is unlabelled)."""
     with PIL.Image.open(io.BytesIO(png_bytes)) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)
-    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-    return set(np.unique(ids).tolist()) - {0}
+        rgb = image.convert("RGB")
+        # PIL counts the distinct colours in C: several times faster than np.unique over the decoded id map
+        colours = rgb.getcolors(maxcolors=rgb.width * rgb.height)
+    return {red + 256 * green + 256 * 256 * blue for _, (red, green, blue) in colours} - {0}

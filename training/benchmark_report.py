@@ -69,7 +69,11 @@ def format_report(report: dict) -> str:
         summary = (
             f"Processor: {processor['samples_per_s_per_worker']:.2f} samples/s per worker, median "
             f"{processor['latency_ms']:.1f} ms ({width}x{height} JPEG + panoptic PNG, {processor['tokens']} tokens, "
-            f"{processor['num_phrases']} phrases)"
+            f"{processor['num_phrases']} phrases, {processor['jpeg_kb']:.0f} KB JPEG); on a core of its own (CPU time): "
+            f"{processor['samples_per_s_per_worker_cpu']:.1f} samples/s with mask targets, "
+            f"{processor['samples_per_s_per_worker_cpu_without_targets']:.1f} without; workers for 100 images/s "
+            f"training: {processor['workers_for_training_target']}, for 500 images/s inference: "
+            f"{processor['workers_for_inference_target']}"
         )
         lines += ["", summary]
     elif processor:

@@ -34,10 +34,12 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, Trainer, T
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
 from processing.collate import EpngCollator
 from training.checkpoints import find_resume_checkpoint, resume_point
+from training.data_workers import TRAINING_WORKERS, default_num_workers
 from training.evaluation import GroundingEvalCollator, evaluate_grounding, write_evaluation_artifacts
 from training.metrics import AR_SUBSETS
 from training.run_checks import check_config_overrides, check_training_length, select_split
 from training.schedule import LR_STEPS, epoch_step_scheduler
+from training.streaming import EpochStream, streamed_splits, streaming_dataloader
 
 logger = logging.getLogger("run_png")
 OPTIMIZERS = ("trainer", "adam_l2")
@@ -81,6 +83,15 @@ class DataArguments:
     max_text_length: int = field(default=300, metadata={"help": "Token budget per narrative (reference: 300)."})
     max_train_samples: int | None = field(default=None)
     max_eval_samples: int | None = field(default=None)
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream --dataset_name (local parquet folder or Hub id) instead of loading it whole."},
+    )
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of the streamed training split."})
+    num_train_examples: int | None = field(
+        default=None,
+        metadata={"help": "Size of the streamed training split when its dataset card does not state it."},
+    )
 
 
 @dataclass
@@ -95,6 +106,10 @@ class EpngTrainingArguments(TrainingArguments):
     )
     lr_schedule_epoch_scale: float = field(
         default=1.0, metadata={"help": "Multiplies the schedule's epoch boundaries (e.g. 0.2 for short runs)."}
+    )
+    dataloader_num_workers: int = field(
+        default_factory=lambda: default_num_workers(TRAINING_WORKERS),
+        metadata={"help": "Data-loading processes per GPU process (default: 4, at most the usable cores less one)."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator needs the raw example columns."}
@@ -135,11 +150,19 @@ class EpngTrainer(Trainer):
         )
         return self.optimizer
 
+    def get_train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_dataset, EpochStream):
+            return streaming_dataloader(self.train_dataset, self._train_batch_size, self.data_collator, self.args)
+        return super().get_train_dataloader()
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.args.lr_schedule == "trainer":
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
-            steps_per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
+            if isinstance(self.train_dataset, EpochStream):
+                steps_per_epoch = self.train_dataset.steps_per_epoch
+            else:
+                steps_per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
             self.lr_scheduler = epoch_step_scheduler(
                 self.optimizer if optimizer is None else optimizer,
                 steps_per_epoch,
@@ -153,13 +176,18 @@ class EpngTrainer(Trainer):
         """Average Recall (all/thing/stuff/singular/plural, percent) at the original resolution; writes the
         per-phrase IoUs (CSV) and recall-IoU curves (PNG) to the output dir."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        dataloader = DataLoader(
-            dataset,
-            batch_size=self.args.per_device_eval_batch_size,
-            collate_fn=self.eval_collator,
-            num_workers=self.args.dataloader_num_workers,
-        )
-        dataloader = self.accelerator.prepare(dataloader)
+        if isinstance(dataset, datasets.IterableDataset):  # already split between the processes
+            dataloader = streaming_dataloader(
+                dataset, self.args.per_device_eval_batch_size, self.eval_collator, self.args
+            )
+        else:
+            dataloader = DataLoader(
+                dataset,
+                batch_size=self.args.per_device_eval_batch_size,
+                collate_fn=self.eval_collator,
+                num_workers=self.args.dataloader_num_workers,
+            )
+            dataloader = self.accelerator.prepare(dataloader)
         accumulator, loss = evaluate_grounding(
             self.model, dataloader, self.processor.post_process_image_grounding, self.accelerator
         )
@@ -261,19 +289,29 @@ def main(argv: list[str] | None = None) -> dict:
         check_training_length(training_args.num_train_epochs, training_args.max_steps)
     set_seed(training_args.seed)
 
-    with training_args.main_process_first(desc="dataset conversion"):
-        dataset = load_png_dataset(data_args, training_args.output_dir)
-    model, processor = build_model_and_processor(model_args, data_args)
-    source = data_args.dataset_name or data_args.png_root
-    train_dataset = (
-        select_split(dataset, data_args.train_split, "--train_split", source) if training_args.do_train else None
-    )
     evaluates = training_args.do_eval or training_args.eval_strategy != "no"
-    eval_dataset = select_split(dataset, data_args.eval_split, "--eval_split", source) if evaluates else None
-    if train_dataset is not None and data_args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
-    if eval_dataset is not None and data_args.max_eval_samples:
-        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    resume = None
+    if training_args.do_train:
+        if training_args.resume_from_checkpoint is not None:
+            resume = resume_point(training_args.resume_from_checkpoint)
+        else:
+            resume = find_resume_checkpoint(training_args.output_dir)  # continue an interrupted run
+    if data_args.streaming:
+        resume_step = resume.step if resume is not None else 0
+        train_dataset, eval_dataset = streamed_splits(data_args, training_args, evaluates, resume_step)
+    else:
+        with training_args.main_process_first(desc="dataset conversion"):
+            dataset = load_png_dataset(data_args, training_args.output_dir)
+        source = data_args.dataset_name or data_args.png_root
+        train_dataset = (
+            select_split(dataset, data_args.train_split, "--train_split", source) if training_args.do_train else None
+        )
+        eval_dataset = select_split(dataset, data_args.eval_split, "--eval_split", source) if evaluates else None
+        if train_dataset is not None and data_args.max_train_samples:
+            train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+        if eval_dataset is not None and data_args.max_eval_samples:
+            eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    model, processor = build_model_and_processor(model_args, data_args)
 
     eval_processor = processor
     if training_args.eval_image_size:
@@ -290,10 +328,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {}
     if training_args.do_train:
-        if training_args.resume_from_checkpoint is not None:
-            resume = resume_point(training_args.resume_from_checkpoint)
-        else:
-            resume = find_resume_checkpoint(training_args.output_dir)  # continue an interrupted run
         if resume is not None:
             logger.info("Resuming from %s at step %d", resume.path.name, resume.step)
         train_result = trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
