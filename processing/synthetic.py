@@ -70,6 +70,27 @@ def _apart(box: tuple, other: tuple, gap: int = 4) -> bool:
     return box[0] > other[2] + gap or box[2] < other[0] - gap or box[1] > other[3] + gap or box[3] < other[1] - gap
 
 
+def draw_thing(draw: PIL.ImageDraw.ImageDraw, shape: str, cx: int, cy: int, half: int, fill: int) -> None:
+    """Draw a circle, square or triangle of half-size `half` centred on `(cx, cy)` into a label image."""
+    box = [cx - half, cy - half, cx + half, cy + half]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+
+
+def random_segment_ids(count: int, rng: np.random.Generator) -> list[int]:
+    """`count` distinct random 24-bit segment ids: most need the G and B channels, so decoders are really tested."""
+    segment_ids: list[int] = []
+    while len(segment_ids) < count:
+        candidate = int(rng.integers(256, 1 << 24))
+        if candidate not in segment_ids:
+            segment_ids.append(candidate)
+    return segment_ids
+
+
 def _draw_scene(rng: np.random.Generator) -> dict:
     """Random layout: image size, two stuff bands and groups of identical things placed without overlap."""
     width, height = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
@@ -128,25 +149,13 @@ def _render(
     for group in scene["groups"]:
         for thing in group["things"]:
             index = len(colours)
-            cx, cy, half = thing["cx"], thing["cy"], thing["half"]
-            box = [cx - half, cy - half, cx + half, cy + half]
-            if group["shape"] == "circle":
-                draw.ellipse(box, fill=index)
-            elif group["shape"] == "square":
-                draw.rectangle(box, fill=index)
-            else:
-                draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=index)
+            draw_thing(draw, group["shape"], thing["cx"], thing["cy"], thing["half"], index)
             thing["index"] = index
             colours.append(THING_COLOURS[group["colour"]])
             categories.append(THING_SHAPES[group["shape"]])
     labels = np.asarray(labels)
 
-    # Random 24-bit ids (unique per image): most need the G and B channels, so decoders are really tested.
-    segment_ids = []
-    while len(segment_ids) < len(colours):
-        candidate = int(rng.integers(256, 1 << 24))
-        if candidate not in segment_ids:
-            segment_ids.append(candidate)
+    segment_ids = random_segment_ids(len(colours), rng)
     id_table = np.array(segment_ids, dtype=np.int64)
     ids = id_table[labels]
     panoptic = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)

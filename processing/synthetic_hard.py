@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .synthetic import IMAGE_SIZES, THING_COLOURS, THING_SHAPES, _apart
+from .synthetic import IMAGE_SIZES, THING_COLOURS, THING_SHAPES, _apart, draw_thing, random_segment_ids
 
 # name -> (category id, RGB, band)
 HARD_STUFF = {
@@ -112,25 +112,14 @@ def render_hard_scene(scene: dict, rng: np.random.Generator) -> tuple[np.ndarray
         colours.append(rgb)
         categories.append(category_id)
     for thing in scene["things"]:
-        cx, cy, half = thing["cx"], thing["cy"], thing["half"]
-        box = [cx - half, cy - half, cx + half, cy + half]
         index = len(colours)
-        if thing["shape"] == "circle":
-            draw.ellipse(box, fill=index)
-        elif thing["shape"] == "square":
-            draw.rectangle(box, fill=index)
-        else:
-            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=index)
+        draw_thing(draw, thing["shape"], thing["cx"], thing["cy"], thing["half"], index)
         thing["index"] = index
         colours.append(THING_COLOURS[thing["colour"]])
         categories.append(THING_SHAPES[thing["shape"]])
     labels = np.asarray(labels)
 
-    segment_ids = []
-    while len(segment_ids) < len(colours):
-        candidate = int(rng.integers(256, 1 << 24))
-        if candidate not in segment_ids:
-            segment_ids.append(candidate)
+    segment_ids = random_segment_ids(len(colours), rng)
     ids = np.array(segment_ids, dtype=np.int64)[labels]
     panoptic = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
     noise = rng.normal(0.0, 6.0, size=(height, width, 3))
