@@ -1,4 +1,4 @@
-"""A tiny random EPNG model saved with its processor, shared by the web-app and Space tests."""
+"""A tiny random EPNG model saved with its processor, shared by the pipeline, CLI, web-app and Space tests."""
 
 from pathlib import Path
 

@@ -142,27 +142,29 @@ def test_add_remote_code_copies_package_files_and_writes_auto_map(saved_folder):
     assert json.loads((saved_folder / "config.json").read_text()) == config
 
 
-def test_folder_loads_and_matches_without_the_package(saved_folder, tmp_path):
-    add_remote_code(saved_folder)
-    script = tmp_path / "load_remote.py"
-    ground_source = textwrap.dedent(inspect.getsource(ground_example))
-    script.write_text(CHILD_SCRIPT.format(blocked=set(PROJECT_PACKAGES), ground_example=ground_source))
-    output = tmp_path / "remote_results.pt"
-    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-
+def run_isolated(script, saved_folder, output):
+    """Run `script FOLDER OUTPUT` in a fresh interpreter that cannot see the project, and load what it saved."""
+    environment = {**os.environ, "HF_MODULES_CACHE": str(output.parent / "modules"), "HF_HUB_OFFLINE": "1"}
     # -I: no PYTHONPATH, no user site, no script or working directory on sys.path.
     child = subprocess.run(
         [sys.executable, "-I", str(script), str(saved_folder), str(output)],
         check=False,
-        cwd=tmp_path,
+        cwd=output.parent,
         env=environment,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert child.returncode == 0, child.stderr[-3000:]
+    return torch.load(output, weights_only=True)
 
-    remote = torch.load(output, weights_only=True)
+
+def test_folder_loads_and_matches_without_the_package(saved_folder, tmp_path):
+    add_remote_code(saved_folder)
+    script = tmp_path / "load_remote.py"
+    ground_source = textwrap.dedent(inspect.getsource(ground_example))
+    script.write_text(CHILD_SCRIPT.format(blocked=set(PROJECT_PACKAGES), ground_example=ground_source))
+    remote = run_isolated(script, saved_folder, tmp_path / "remote_results.pt")
     assert remote["project_modules"] == []
     assert all(module.startswith("transformers_modules.") for module in remote["class_modules"]), remote
     model = EpngForPanopticNarrativeGrounding.from_pretrained(saved_folder)
@@ -215,20 +217,7 @@ def test_pipeline_loads_from_the_folder_without_the_package(saved_folder, tmp_pa
     add_remote_code(saved_folder)
     script = tmp_path / "pipeline_remote.py"
     script.write_text(PIPELINE_CHILD_SCRIPT.format(blocked=set(PROJECT_PACKAGES), narrative=narrative))
-    output = tmp_path / "pipeline_results.pt"
-    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    child = subprocess.run(
-        [sys.executable, "-I", str(script), str(saved_folder), str(output)],
-        check=False,
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-
-    remote = torch.load(output, weights_only=True)
+    remote = run_isolated(script, saved_folder, tmp_path / "pipeline_results.pt")
     assert remote["project_modules"] == []
     assert remote["pipeline_module"].startswith("transformers_modules.")
     # transformers asks for trust_remote_code once config.json names a custom pipeline, unless given the class.

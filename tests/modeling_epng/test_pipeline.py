@@ -7,10 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
+from app_testing import save_tiny_model
 from PIL import Image
-from transformers import AutoTokenizer, pipeline
+from transformers import pipeline
 
-from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
+from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.phrase_extraction import extract_phrase_spans
 
 NARRATIVE = "In this image we can see a dog and a red ball on the grass. It is sleeping."
@@ -19,12 +20,7 @@ NARRATIVE = "In this image we can see a dog and a red ball on the grass. It is s
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory, minilm_path):
     """A tiny random EPNG with its processor (MiniLM tokenizer, 64x64 inputs), saved by `save_pretrained`."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("pipeline") / "epng-tiny"
-    EpngForPanopticNarrativeGrounding(EpngConfig.tiny()).save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    EpngProcessor(EpngImageProcessor(size={"height": 64, "width": 64}), tokenizer).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("pipeline") / "epng-tiny", minilm_path)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from app_testing import save_tiny_model
 from PIL import Image
 from pycocotools import mask as mask_utils
-from transformers import AutoTokenizer
 
-from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
 from training.ground import run
 
 NARRATIVE = "In this image we can see a dog and a red ball on the grass."
@@ -20,12 +18,7 @@ NARRATIVE = "In this image we can see a dog and a red ball on the grass."
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory, minilm_path):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ground") / "epng-tiny"
-    EpngForPanopticNarrativeGrounding(EpngConfig.tiny()).save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    EpngProcessor(EpngImageProcessor(size={"height": 64, "width": 64}), tokenizer).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("ground") / "epng-tiny", minilm_path)
 
 
 @pytest.fixture
