@@ -195,8 +195,9 @@ def optimize_for_inference(
         channels_last: convolution weights and pixel values in channels_last memory format.
         fold_batch_norms: fold the batch norms that follow convolutions into them.
         use_artifact: run the artefact exported next to the weights (`python -m hub.export`) when it matches this
-            machine, the weights and the dtype (then nothing is compiled); calls it does not cover (losses, cached
-            phrase features, attentions) run the eager fast path.
+            machine, the weights and the dtype (then nothing is compiled); with `dtype="auto"` the artefact's own
+            dtype (the one its export picked) is taken. Calls it does not cover (losses, cached phrase features,
+            attentions) run the eager fast path.
 
     Returns:
         The model, in eval mode without gradients, with `model.inference_settings` ([`EpngInferenceSettings`]).
@@ -212,8 +213,15 @@ def optimize_for_inference(
     folded = fold_batch_norms_into_convolutions(model) if fold_batch_norms else 0
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    package, artifact, artifact_dtype = (None, None, None)
+    if use_artifact:
+        package, artifact, artifact_dtype = load_artifact(model, None if dtype == "auto" else dtype_name)
+    if artifact is not None and artifact_dtype != dtype_name:
+        reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
+        dtype_name = artifact_dtype
     model.forward = _autocast_forward(model.forward, device.type, DTYPES[dtype_name], channels_last)
-    artifact = load_artifact(model, dtype_name) if use_artifact else None
+    if package is not None:
+        model.forward = _artifact_forward(model, package, model.forward)
     compile = compile and artifact is None
     if compile:
         model.compile()
@@ -246,23 +254,24 @@ def machine_fingerprint(device: torch.device | str) -> dict:
     return fingerprint
 
 
-def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str, weights: str | None) -> str | None:
-    """Why an artefact with this manifest cannot serve here, or None when it can."""
+def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str | None, weights: str | None) -> str | None:
+    """Why an artefact with this manifest cannot serve here, or None when it can (`dtype` None: any dtype)."""
     for key in ("torch_version", "device", "cpu_capability", "cuda_capability"):
         if manifest.get(key) != fingerprint.get(key):
             return f"built for {key}={manifest.get(key)!r}, this machine has {fingerprint.get(key)!r}"
     missing = sorted(set(manifest.get("cpu_flags", [])) - set(fingerprint.get("cpu_flags", [])))
     if missing:
         return f"built on a CPU with flags this one lacks: {', '.join(missing[:8])}"
-    if manifest.get("dtype") != dtype:
+    if dtype is not None and manifest.get("dtype") != dtype:
         return f"built for dtype {manifest.get('dtype')!r}, {dtype!r} is asked for here"
     if weights is not None and manifest.get("weights_sha256") != weights:
         return "the weights next to it changed since it was exported"
     return None
 
 
-def find_artifact(model, dtype: str) -> tuple[Path | None, str]:
-    """The artefact next to the model's weights that matches this machine, or None and why not.
+def find_artifact(model, dtype: str | None) -> tuple[Path | None, str]:
+    """The artefact next to the model's weights that matches this machine (and `dtype`, unless None), or None and
+    why not.
 
     The model's folder is `model.name_or_path` (set by `from_pretrained` from a local folder)."""
     model_dir = Path(str(getattr(model, "name_or_path", "") or ""))
@@ -298,33 +307,24 @@ def _artifact_forward(model, package, eager_forward):
         if arguments.get("attention_mask") is None:
             arguments["attention_mask"] = torch.ones_like(arguments["input_ids"])
         inputs = {name: arguments[name].to(model.device, dtype) for name, dtype in ARTIFACT_INPUTS.items()}
-        model._check_inputs(
-            inputs["pixel_values"],
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["phrase_ids"],
-            inputs["phrase_mask"],
-            None,
-            None,
-        )
+        model._check_inputs(**inputs, phrase_features=None, mask_labels=None)
         outputs = package(**inputs)
         return EpngOutput(**dict(zip(ARTIFACT_OUTPUTS, outputs, strict=True)))
 
     return artifact_forward
 
 
-def load_artifact(model, dtype: str) -> str | None:
-    """Route the model's plain inference calls to the matching exported artefact, if there is one; logs one line
-    when an artefact exists but cannot be used. Returns the artefact's path, or None."""
+def load_artifact(model, dtype: str | None):
+    """The matching exported artefact (see `find_artifact`) loaded, as (package, path, dtype), or three Nones; logs
+    one line when an artefact exists but cannot be used."""
     artifact, reason = find_artifact(model, dtype)
     if artifact is None:
         if reason.startswith("no exported artefact"):
             logger.info(f"EPNG: {reason}; running the eager fast path.")
         else:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
-        return None
+        return None, None, None
     from torch._inductor import aoti_load_package
 
-    package = aoti_load_package(str(artifact))
-    model.forward = _artifact_forward(model, package, model.forward)
-    return str(artifact)
+    manifest = json.loads((artifact.parent / MANIFEST_FILE).read_text())
+    return aoti_load_package(str(artifact)), str(artifact), manifest["dtype"]

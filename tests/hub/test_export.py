@@ -80,8 +80,41 @@ def test_a_stale_or_foreign_artifact_falls_back_with_one_log_line(exported_dir, 
     assert "weights" in find_artifact(model, manifest["dtype"])[1]
 
 
+def test_auto_dtype_takes_the_artifact_in_the_dtype_its_export_picked(exported_dir, tmp_path):
+    folder = shutil.copytree(exported_dir, tmp_path / "copy")
+    manifest_path = folder / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    other = "fp32" if manifest["dtype"] == "bf16" else "bf16"
+    manifest_path.write_text(json.dumps(dict(manifest, dtype=other)))
+    auto = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference()
+    assert auto.inference_settings.artifact == str(folder / ARTIFACT_FILE)
+    assert auto.inference_settings.dtype == other
+    asked = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference(dtype=manifest["dtype"])
+    assert asked.inference_settings.artifact is None and asked.inference_settings.dtype == manifest["dtype"]
+
+
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(SystemExit):
         export.main(["--model_name_or_path", str(tmp_path)])
     with pytest.raises(ValueError, match="multiple of 32"):
         export.export(tmp_path, max_image_size=100)
+
+
+def test_benchmark_times_the_artifact_against_fp32_eager_with_the_text_encoder(exported_dir, tmp_path):
+    from training import benchmark
+
+    path = tmp_path / "report.json"
+    run = ["--tiny", "--device", "cpu", "--threads", "1", "--batch_sizes", "1", "--iterations", "1", "--warmup", "1"]
+    threads = torch.get_num_threads()
+    try:
+        benchmark.main(
+            [*run, "--skip_inference", "--fast_path", "--model_name_or_path", str(exported_dir), "--json", str(path)]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    records = json.loads(path.read_text())["fast_path"]["measurements"]
+    eager = {record["text_encoder"] for record in records if record["variant"] == "fp32_eager"}
+    assert eager == {False, True}
+    (artifact,) = [record for record in records if record["variant"] == "artifact"]
+    assert artifact["status"] == "ok" and artifact["text_encoder"] and artifact["speedup_vs_fp32_eager"] > 0
+    assert artifact["max_probability_error"] <= MAX_PROBABILITY_ERROR
