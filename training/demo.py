@@ -125,7 +125,8 @@ def draw_examples(model, processor, examples, path: Path, threshold: float) -> P
     return path
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """The demo; returns the untrained and trained metrics, the training time and the epochs trained."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--train", type=int, default=400, help="synthetic training narratives")
@@ -212,6 +213,11 @@ def main(argv=None) -> dict:
         f"{training_args.output_dir}"
     )
     return results
+
+
+def main(argv=None) -> None:
+    """Console entry point (returns None: a console script exits with what `main` returns, and a dict is exit 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":
