@@ -412,19 +412,23 @@ class EpngProcessor(ProcessorMixin):
         height, width = _check_target_size(target_size, max_target_pixels)
         probabilities = mask_logits.detach().float().sigmoid()
         threshold = self.mask_threshold if threshold is None else threshold
+        # The float32 just below the threshold: `p >= threshold` (compared in float32) is `p > below`, which lets
+        # `threshold_` zero the probabilities outside the mask in place, in one pass, for the scores.
+        below = torch.nextafter(torch.tensor(threshold, dtype=torch.float32), torch.tensor(-1.0)).item()
         num_phrases = probabilities.shape[0]
-        masks = torch.zeros((num_phrases, height, width), dtype=torch.bool, device=probabilities.device)
-        scores = probabilities.new_zeros((num_phrases,))
+        masks = torch.empty((num_phrases, height, width), dtype=torch.bool, device=probabilities.device)
+        scores = probabilities.new_empty((num_phrases,))
         chunk = max(1, _RESIZE_CHUNK_PIXELS // (height * width))
         for start in range(0, num_phrases, chunk):
+            end = start + chunk
             resized = F.interpolate(
-                probabilities[None, start : start + chunk], size=(height, width), mode="bilinear", align_corners=False
+                probabilities[None, start:end], size=(height, width), mode="bilinear", align_corners=False
             )[0]
-            chunk_masks = resized >= threshold
-            masks[start : start + chunk] = chunk_masks
-            # torch.where instead of a product: the same sum without allocating a second full-size float tensor.
-            inside = torch.where(chunk_masks, resized, 0.0).sum(dim=(1, 2))
-            scores[start : start + chunk] = inside / chunk_masks.sum(dim=(1, 2)).clamp(min=1)
+            chunk_masks = torch.ge(resized, threshold, out=masks[start:end])
+            inside = F.threshold_(resized, below, 0.0).sum(dim=(1, 2))
+            # Counting through a uint8 view: a bool sum would first widen every pixel to int64.
+            counts = chunk_masks.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
+            scores[start:end] = inside / counts.clamp(min=1)
         return {"masks": masks, "scores": scores}
 
     def post_process_grounding(

@@ -233,3 +233,21 @@ def test_post_processing_defaults_to_the_models_mask_threshold(tmp_path, tokeniz
     assert not reloaded.post_process_grounding(logits, [(4, 4)], threshold=0.5)[0]["masks"].any()
     with pytest.raises(ValueError, match="mask_threshold"):
         EpngProcessor(processor.image_processor, tokenizer, mask_threshold=1.5)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.7123])
+def test_post_processing_equals_the_plain_formula(processor, threshold):
+    """Masks and scores equal, bit for bit, `p >= threshold` and the mean of `p` inside, with probabilities exactly
+    at the threshold included (logit 0 is probability 0.5)."""
+    logits = torch.randn(4, 9, 11, generator=torch.Generator().manual_seed(0)) * 3
+    logits[1, :, :5] = 0.0
+    logits[2] = -20.0  # an empty mask
+    result = processor.post_process_image_grounding(logits, (37, 29), threshold)
+
+    probabilities = torch.nn.functional.interpolate(
+        logits.sigmoid()[None], size=(37, 29), mode="bilinear", align_corners=False
+    )[0]
+    masks = probabilities >= threshold
+    scores = torch.where(masks, probabilities, 0.0).sum(dim=(1, 2)) / masks.sum(dim=(1, 2)).clamp(min=1)
+    assert masks[1].any() and not masks[2].any()
+    assert torch.equal(result["masks"], masks) and torch.equal(result["scores"], scores)
