@@ -13,6 +13,9 @@ tiny configuration at 64 px for smoke tests. Sections (each a list of records in
   PNG targets (decoding included), with one torch thread as in a `DataLoader` worker.
 * `pipeline` (`--pipeline`): the `panoptic-narrative-grounding` pipeline (noun phrases, processing, forward,
   post-processing) against the bare forward of the demo model at 224 px; see `training/benchmark_pipeline.py`.
+* `paths` (`--paths`): batch-1 latency of the bare model and of the pipeline (with and without automatic phrases)
+  at the benchmark's size, per inference setting (fp32 eager, fast path, compiled, artefact); see
+  `training/benchmark_paths.py`.
 * `breakdown` (`--breakdown`): per-part forward time (backbone, FPN + fusion, text encoder, communicator, head).
 * `profile` (`--profile`): torch.profiler's top-10 operators of one forward.
 
@@ -37,6 +40,7 @@ from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.attention import EpngLocalityPerceptiveAttention, flex_fallback_reason
 from modeling_epng.configuration_epng import check_input_size
 
+from . import benchmark_paths
 from .benchmark_fast_path import add_arguments, check_arguments, fast_path_section, instruction_sets
 from .benchmark_pipeline import pipeline_overhead
 from .benchmark_processor import processor_throughput
@@ -302,6 +306,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (torch's default: one per core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (0)")
     add_arguments(parser)
+    benchmark_paths.add_arguments(parser)
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     if args.device is None:
@@ -415,6 +420,8 @@ def main(argv=None) -> dict:
     )
     if args.fast_path:
         report["fast_path"] = fast_path_section(config, args, device, memory)
+    if args.paths:
+        report["paths"] = benchmark_paths.user_path_latencies(config, args, device)
     if args.breakdown:
         report["breakdown"] = [part_breakdown(model, config, args, device, lpa) for lpa in args.lpa]
     if args.profile:

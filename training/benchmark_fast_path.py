@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--model_name_or_path",
         metavar="DIR",
-        help="fast-path section: weights of this saved folder (and its exported artefact) instead of random ones",
+        help="fast-path and user-path sections: this saved folder's weights (and exported artefact, processor)",
     )
     parser.add_argument(
         "--cold_start", action="store_true", help="fast-path section: time process start -> first mask per variant"
@@ -46,8 +46,10 @@ def add_arguments(parser) -> None:
 def check_arguments(parser, args) -> None:
     if args.cold_start and not args.model_name_or_path:
         parser.error("--cold_start needs --model_name_or_path (a saved folder that fresh processes can load)")
-    if (args.cold_start or args.model_name_or_path) and not args.fast_path:
-        parser.error("--cold_start and --model_name_or_path belong to the --fast_path section")
+    if args.cold_start and not args.fast_path:
+        parser.error("--cold_start belongs to the --fast_path section")
+    if args.model_name_or_path and not (args.fast_path or args.paths):
+        parser.error("--model_name_or_path belongs to the --fast_path and --paths sections")
 
 
 def instruction_sets(device) -> dict:

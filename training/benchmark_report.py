@@ -11,6 +11,7 @@ import re
 import torch
 
 from .benchmark_fast_path import format_fast_path
+from .benchmark_paths import format_user_paths
 from .benchmark_pipeline import format_pipeline_overhead
 from .benchmark_timing import KEY_FIELDS
 
@@ -78,6 +79,8 @@ def format_report(report: dict) -> str:
         lines += ["", summary]
     elif processor:
         lines += ["", f"Processor: skipped: {processor['reason']}"]
+    if report.get("paths"):
+        lines += format_user_paths(report["paths"])
     if report.get("pipeline"):
         lines += format_pipeline_overhead(report["pipeline"])
     return "\n".join(lines)

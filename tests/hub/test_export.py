@@ -100,7 +100,7 @@ def test_bad_arguments_are_refused(tmp_path):
         export.export(tmp_path, max_image_size=100)
 
 
-def test_benchmark_times_the_artifact_against_fp32_eager_with_the_text_encoder(exported_dir, tmp_path):
+def test_benchmarks_time_the_artifact_against_fp32_eager(exported_dir, tmp_path):
     from training import benchmark
 
     path = tmp_path / "report.json"
@@ -108,13 +108,25 @@ def test_benchmark_times_the_artifact_against_fp32_eager_with_the_text_encoder(e
     threads = torch.get_num_threads()
     try:
         benchmark.main(
-            [*run, "--skip_inference", "--fast_path", "--model_name_or_path", str(exported_dir), "--json", str(path)]
+            [
+                *run,
+                "--skip_inference",
+                "--fast_path",
+                "--model_name_or_path",
+                str(exported_dir),
+                "--paths",
+                "--json",
+                str(path),
+            ]
         )
     finally:
         torch.set_num_threads(threads)
-    records = json.loads(path.read_text())["fast_path"]["measurements"]
+    report = json.loads(path.read_text())
+    records = report["fast_path"]["measurements"]
     eager = {record["text_encoder"] for record in records if record["variant"] == "fp32_eager"}
     assert eager == {False, True}
     (artifact,) = [record for record in records if record["variant"] == "artifact"]
     assert artifact["status"] == "ok" and artifact["text_encoder"] and artifact["speedup_vs_fp32_eager"] > 0
     assert artifact["max_probability_error"] <= MAX_PROBABILITY_ERROR
+    calls = {record["call"] for record in report["paths"] if record["setting"] == "artifact"}
+    assert calls == {"bare_model", "pipeline_given_phrases", "pipeline"}

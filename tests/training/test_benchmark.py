@@ -7,7 +7,7 @@ import torch
 
 from modeling_epng import EpngConfig
 from modeling_epng.attention import EpngLocalityPerceptiveAttention
-from training import benchmark
+from training import benchmark, benchmark_paths
 from training.benchmark_timing import COMPARISONS, latency_ratios
 
 # Eager flex_attention on CPU is the unfused reference path, and says so; that is what the flex variants measure here.
@@ -23,7 +23,8 @@ def report(tmp_path_factory):
     breakdown and profile; returns the JSON file it wrote, read back."""
     path = tmp_path_factory.mktemp("benchmark") / "report.json"
     extra = ["--lpa", "explicit", "flex", "--dtypes", "fp32", "bf16", "--with_text_encoder", "--training"]
-    extra += ["--processor", "--processor_samples", "2", "--breakdown", "--profile", "--fast_path", "--json", str(path)]
+    extra += ["--processor", "--processor_samples", "2", "--breakdown", "--profile", "--fast_path", "--paths"]
+    extra += ["--json", str(path)]
     threads = torch.get_num_threads()
     try:
         benchmark.main(TINY_RUN + extra)
@@ -93,6 +94,21 @@ def test_fast_path_variants_are_compared_with_fp32_eager(report):
     # Random weights and no saved folder: the artefact variant says what it needs.
     assert records["artifact"]["status"] == "skipped" and "--model_name_or_path" in records["artifact"]["reason"]
     assert report["fast_path"]["settings"]["fast_path_fp32"]["dtype"] == "fp32"
+
+
+def test_user_paths_time_the_bare_model_and_the_pipeline_per_setting(report):
+    records = [record for record in report["paths"] if record["status"] == "ok"]
+    assert {(record["setting"], record["call"]) for record in records} == {
+        (setting, call) for setting in ("fp32_eager", "fast_path") for call in benchmark_paths.CALLS
+    }
+    for record in records:
+        assert record["latency_ms"] > 0 and record["num_phrases"] > 0
+        if record["setting"] == "fp32_eager":
+            assert record["speedup_vs_fp32_eager"] == pytest.approx(1.0)
+    (skipped,) = [record for record in report["paths"] if record["status"] != "ok"]
+    assert skipped["setting"] == "artifact" and "--model_name_or_path" in skipped["reason"]
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([*TINY_RUN, "--model_name_or_path", "somewhere"])
 
 
 def test_cold_start_runs_a_fresh_process(tmp_path, tiny_config):
