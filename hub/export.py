@@ -1,15 +1,21 @@
 """Export a trained EPNG once, so that every later process loads it compiled in seconds instead of compiling it.
 
-    python -m hub.export --model_name_or_path DIR [--format aoti] [--dtype auto|bf16|fp32] [--max_image_size 2048]
+    python -m hub.export --model_name_or_path DIR [--format aoti|onnx] [--dtype auto|bf16|fp32] [--max_image_size 2048]
 
-Writes `epng_inference.pt2` (an AOTInductor package: `torch.export` of the inference fast path of
-`model.optimize_for_inference()`, compiled ahead of time by `torch._inductor.aoti_compile_and_package`) and its
-manifest `epng_inference.json` into DIR, next to the weights. `optimize_for_inference()` (and so the pipeline, the
-CLI, the app and `evaluate_png.py`) picks it up when it matches the machine; see `modeling_epng/inference.py`.
+`torch.export` of the inference fast path of `model.optimize_for_inference()`, written into DIR next to the weights
+with its manifest `epng_inference.json` in one of two formats:
+
+* `aoti` (default): `epng_inference.pt2`, an AOTInductor package compiled ahead of time by
+  `torch._inductor.aoti_compile_and_package` for this machine's torch version and CPU instruction set (or GPU).
+* `onnx`: `epng_inference.onnx`, the same program translated by `torch.onnx.export` (fp32), run by onnxruntime on any
+  CPU; it needs `pip install 'epng[onnx]'` (onnx, onnxscript and onnxruntime) to export and onnxruntime to run.
+
+`optimize_for_inference()` (and so the pipeline, the CLI, the app and `evaluate_png.py`) picks the artefact up when
+its manifest matches the machine; see `modeling_epng/inference.py`. A folder holds one artefact at a time: an export
+replaces the manifest of the one before and removes its file.
 
 The program is exported with a dynamic batch size, image height and width (multiples of 32 up to
-`--max_image_size`), token count and phrase count. The package is compiled for this machine's torch version and CPU
-instruction set (or GPU), which the manifest records. Before anything is written, the package is checked against the
+`--max_image_size`), token count and phrase count. Before anything is written, the artefact is checked against the
 fp32 eager model on two input sizes: the export fails if a probability differs by more than `--tolerance`.
 """
 
@@ -28,16 +34,18 @@ from torch.export import Dim
 
 from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.inference import (
-    ARTIFACT_FILE,
+    ARTIFACT_FILES,
     ARTIFACT_INPUTS,
     ARTIFACT_OUTPUTS,
     DTYPES,
     MANIFEST_FILE,
+    OnnxRuntimeProgram,
     machine_fingerprint,
+    onnxruntime_version,
     weights_sha256,
 )
 
-FORMATS = ("aoti",)
+FORMATS = tuple(ARTIFACT_FILES)
 MAX_BATCH_SIZE = 64
 MAX_PHRASES = 256
 
@@ -100,6 +108,36 @@ def max_probability_error(package, reference: EpngForPanopticNarrativeGrounding,
     return float((actual - expected).abs().max())
 
 
+def compile_aoti(program: torch.export.ExportedProgram, path: Path, device: str) -> tuple[object, dict]:
+    """Compile `program` into the AOTInductor package `path`; returns it loaded and its manifest entries."""
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    aoti_compile_and_package(program, package_path=str(path))
+    return aoti_load_package(str(path)), machine_fingerprint(device)
+
+
+def translate_onnx(program: torch.export.ExportedProgram, path: Path, device: str = "cpu") -> tuple[object, dict]:
+    """Translate `program` into the ONNX model `path` (one file: the weights inside); returns it in an onnxruntime
+    session and its manifest entries."""
+    # torch.onnx's exporter needs onnxscript and the parity check onnxruntime: imported first for a clear error.
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"--format onnx needs {error.name}: pip install 'epng[onnx]'") from error
+    onnx_program = torch.onnx.export(
+        program,
+        input_names=list(ARTIFACT_INPUTS),
+        output_names=list(ARTIFACT_OUTPUTS),
+        dynamo=True,
+        verbose=False,
+    )
+    onnx_program.save(str(path), external_data=False)
+    opset = next(entry.version for entry in onnx_program.model_proto.opset_import if entry.domain in ("", "ai.onnx"))
+    entries = {"torch_version": torch.__version__, "device": "cpu", "onnxruntime_version": onnxruntime_version()}
+    return OnnxRuntimeProgram(path), {**entries, "onnx_opset": opset}
+
+
 def export(
     model_dir: str | Path,
     format: str = "aoti",
@@ -111,16 +149,16 @@ def export(
     """Export the model of `model_dir` into `model_dir` (see the module docstring); returns the manifest."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format == "onnx" and (dtype == "bf16" or torch.device(device).type != "cpu"):
+        raise ValueError(f"an ONNX artefact is fp32 for the CPU, got dtype {dtype!r} and device {device!r}")
     if max_image_size < 32 or max_image_size % 32:
         raise ValueError(f"max_image_size must be a positive multiple of 32, got {max_image_size}")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a saved EPNG folder (no config.json); export writes next to it")
-    from torch._inductor import aoti_compile_and_package, aoti_load_package
-
     reference = EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).to(device).eval()
     model = EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).to(device)
-    model.optimize_for_inference(dtype=dtype, use_artifact=False)
+    model.optimize_for_inference(dtype="fp32" if format == "onnx" else dtype, use_artifact=False)
     config = model.config
     # Batch 2 and sizes above 1 so that no dimension is specialised to the example's value.
     inputs = example_inputs(config, 2, 64, 96, 3, 16, device)
@@ -132,11 +170,12 @@ def export(
         dynamic_shapes=dynamic_shapes(config, max_image_size),
         strict=False,
     )
+    artifact_file = ARTIFACT_FILES[format]
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-") as staging:
-        staged = Path(staging, ARTIFACT_FILE)
-        aoti_compile_and_package(program, package_path=str(staged))
+        staged = Path(staging, artifact_file)
+        write = compile_aoti if format == "aoti" else translate_onnx
+        package, built_for = write(program, staged, device)
         seconds = time.perf_counter() - start
-        package = aoti_load_package(str(staged))
         checks = [inputs, example_inputs(config, 1, 96, 64, 5, 24, device)]
         error = max(max_probability_error(package, reference, check) for check in checks)
         if error > tolerance:
@@ -145,9 +184,9 @@ def export(
             )
         manifest = {
             "format": format,
-            "file": ARTIFACT_FILE,
+            "file": artifact_file,
             "dtype": model.inference_settings.dtype,
-            **machine_fingerprint(device),
+            **built_for,
             "weights_sha256": weights_sha256(model_dir),
             "max_image_size": max_image_size,
             "max_batch_size": MAX_BATCH_SIZE,
@@ -155,17 +194,21 @@ def export(
             "max_probability_error": error,
             "export_seconds": round(seconds, 1),
         }
-        os.replace(staged, model_dir / ARTIFACT_FILE)
+        os.replace(staged, model_dir / artifact_file)
         staged_manifest = Path(staging, MANIFEST_FILE)
         staged_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(staged_manifest, model_dir / MANIFEST_FILE)
+    for other_file in set(ARTIFACT_FILES.values()) - {artifact_file}:
+        (model_dir / other_file).unlink(missing_ok=True)
     return manifest
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True, help="saved EPNG folder; the artefact is written there")
-    parser.add_argument("--format", default="aoti", choices=FORMATS, help="aoti: AOTInductor package (default)")
+    parser.add_argument(
+        "--format", default="aoti", choices=FORMATS, help="aoti: AOTInductor package (default); onnx: ONNX, fp32, CPU"
+    )
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 where computed natively"
     )
@@ -177,7 +220,7 @@ def main(argv=None) -> dict:
         manifest = export(
             args.model_name_or_path, args.format, args.dtype, args.max_image_size, args.tolerance, args.device
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         parser.error(str(error))
     print(json.dumps(manifest, indent=2))
     return manifest

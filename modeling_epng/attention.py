@@ -54,8 +54,11 @@ def lpa_distance_matrix(height: int, width: int, form: str, truncation: float, d
     Returns:
         `torch.FloatTensor` of shape (height * width, height * width).
     """
-    rows = torch.arange(height, device=device, dtype=torch.float32).repeat_interleave(width)
-    cols = torch.arange(width, device=device, dtype=torch.float32).repeat(height)
+    # Broadcast + reshape rather than repeat_interleave / repeat: the same values, and the ONNX exporter translates
+    # repeat_interleave with a symbolic count into an Expand that onnxruntime rejects.
+    grid = (height, width)
+    rows = torch.arange(height, device=device, dtype=torch.float32)[:, None].expand(grid).reshape(-1)
+    cols = torch.arange(width, device=device, dtype=torch.float32)[None, :].expand(grid).reshape(-1)
     squared = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
     if form == "squared":
         return squared.clamp(0.0, truncation)

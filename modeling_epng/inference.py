@@ -12,10 +12,14 @@
   a one-shot command line run. An exported artefact (`python -m hub.export`) gives the compiled speed without that
   minute; when one next to the weights matches the machine it is used instead of compiling.
 
-Exported artefacts (written by `python -m hub.export`, loaded here): an AOTInductor package `epng_inference.pt2` next
-to the weights, with a manifest `epng_inference.json` recording what it was built for (torch version, device, CPU
-capability and flags, dtype, SHA-256 of the weights). It is used only when all of them match this machine and the
-weights; otherwise one log line says why not, and the eager fast path runs.
+Exported artefacts (written by `python -m hub.export`, loaded here): an AOTInductor package `epng_inference.pt2` or
+an ONNX model `epng_inference.onnx` next to the weights, with a manifest `epng_inference.json` recording its format
+and what it was built for. An AOTInductor package is compiled code: its manifest records the torch version, device,
+CPU capability and flags (or GPU compute capability), dtype and SHA-256 of the weights, and it is used only when all
+of them match this machine and the weights (`dtype="auto"` takes the artefact's dtype). An ONNX model is fp32 and
+runs in an onnxruntime CPU session (as many intra-op threads as torch uses when it is loaded) on any CPU: it needs
+onnxruntime (`pip install 'epng[onnx]'`), at least the version it was exported with, the same weights, and
+`dtype="auto"` or `"fp32"`. When an artefact does not match, one log line says why not, and the eager fast path runs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import re
@@ -36,7 +41,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ARTIFACT_FILE = "epng_inference.pt2"
+ARTIFACT_FILES = {"aoti": "epng_inference.pt2", "onnx": "epng_inference.onnx"}
 MANIFEST_FILE = "epng_inference.json"
 # The exported program's inputs (with their dtypes) and outputs, in order.
 ARTIFACT_INPUTS = {
@@ -254,18 +259,48 @@ def machine_fingerprint(device: torch.device | str) -> dict:
     return fingerprint
 
 
+def onnxruntime_version() -> str | None:
+    """The installed onnxruntime's version (without importing it), or None."""
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str | None, weights: str | None) -> str | None:
     """Why an artefact with this manifest cannot serve here, or None when it can (`dtype` None: any dtype)."""
-    for key in ("torch_version", "device", "cpu_capability", "cuda_capability"):
-        if manifest.get(key) != fingerprint.get(key):
-            return f"built for {key}={manifest.get(key)!r}, this machine has {fingerprint.get(key)!r}"
-    missing = sorted(set(manifest.get("cpu_flags", [])) - set(fingerprint.get("cpu_flags", [])))
-    if missing:
-        return f"built on a CPU with flags this one lacks: {', '.join(missing[:8])}"
+    artifact_format = manifest.get("format", "aoti")
+    if artifact_format not in ARTIFACT_FILES:
+        return f"unknown artefact format {artifact_format!r}"
+    if artifact_format == "onnx":
+        reason = onnx_mismatch(manifest, fingerprint)
+        if reason:
+            return reason
+    else:
+        for key in ("torch_version", "device", "cpu_capability", "cuda_capability"):
+            if manifest.get(key) != fingerprint.get(key):
+                return f"built for {key}={manifest.get(key)!r}, this machine has {fingerprint.get(key)!r}"
+        missing = sorted(set(manifest.get("cpu_flags", [])) - set(fingerprint.get("cpu_flags", [])))
+        if missing:
+            return f"built on a CPU with flags this one lacks: {', '.join(missing[:8])}"
     if dtype is not None and manifest.get("dtype") != dtype:
         return f"built for dtype {manifest.get('dtype')!r}, {dtype!r} is asked for here"
     if weights is not None and manifest.get("weights_sha256") != weights:
         return "the weights next to it changed since it was exported"
+    return None
+
+
+def onnx_mismatch(manifest: dict, fingerprint: dict) -> str | None:
+    """Why an ONNX artefact cannot run here (it runs on any CPU with a recent enough onnxruntime), or None."""
+    from packaging.version import Version
+
+    if fingerprint.get("device") != "cpu":
+        return f"an ONNX artefact runs on the CPU, the model is on {fingerprint.get('device')!r}"
+    installed, exported_with = onnxruntime_version(), manifest.get("onnxruntime_version", "0")
+    if installed is None:
+        return "it is an ONNX model and onnxruntime is not installed (pip install 'epng[onnx]')"
+    if Version(installed) < Version(exported_with):
+        return f"exported with onnxruntime {exported_with}, this one has the older {installed}"
     return None
 
 
@@ -282,11 +317,37 @@ def find_artifact(model, dtype: str | None) -> tuple[Path | None, str]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as error:
         return None, f"unreadable {manifest_path}: {error}"
-    artifact = model_dir / manifest.get("file", ARTIFACT_FILE)
+    artifact = model_dir / manifest.get("file", ARTIFACT_FILES["aoti"])
     if not artifact.is_file():
         return None, f"{manifest_path} names {artifact.name}, which is missing"
     reason = artifact_mismatch(manifest, machine_fingerprint(model.device), dtype, weights_sha256(model_dir))
     return (None, reason) if reason else (artifact, "matches this machine")
+
+
+class OnnxRuntimeProgram:
+    """An ONNX artefact in an onnxruntime CPU session, called like an AOTInductor package: the `ARTIFACT_INPUTS` as
+    keyword tensors in, the `ARTIFACT_OUTPUTS` as a tuple of tensors out.
+
+    Args:
+        path: the `.onnx` file.
+        num_threads: intra-op threads of the session (default: torch's thread count now).
+    """
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError("running an ONNX artefact needs onnxruntime: pip install 'epng[onnx]'") from error
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # The exporter drops inputs the graph does not read; feeding them would be an error.
+        self.input_names = [graph_input.name for graph_input in self.session.get_inputs()]
+
+    def __call__(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feeds = {name: inputs[name].detach().cpu().contiguous().numpy() for name in self.input_names}
+        return tuple(torch.from_numpy(output) for output in self.session.run(list(ARTIFACT_OUTPUTS), feeds))
 
 
 def _artifact_forward(model, package, eager_forward):
@@ -324,7 +385,9 @@ def load_artifact(model, dtype: str | None):
         else:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
         return None, None, None
+    manifest = json.loads((artifact.parent / MANIFEST_FILE).read_text())
+    if manifest.get("format") == "onnx":
+        return OnnxRuntimeProgram(artifact), str(artifact), manifest["dtype"]
     from torch._inductor import aoti_load_package
 
-    manifest = json.loads((artifact.parent / MANIFEST_FILE).read_text())
     return aoti_load_package(str(artifact)), str(artifact), manifest["dtype"]

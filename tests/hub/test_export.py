@@ -1,5 +1,5 @@
-"""`python -m hub.export`: one AOTInductor export of a tiny model, its parity with fp32 eager across input sizes, and
-the loader that uses it only when it matches the machine and the weights."""
+"""`python -m hub.export`: one AOTInductor and one ONNX export of a tiny model, their parity with fp32 eager across
+input sizes, and the loader that uses an artefact only when it matches the machine and the weights."""
 
 import json
 import logging
@@ -10,43 +10,43 @@ import torch
 
 from hub import export
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
-from modeling_epng.inference import ARTIFACT_FILE, MANIFEST_FILE, find_artifact, machine_fingerprint
+from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, find_artifact, machine_fingerprint
 
 MAX_PROBABILITY_ERROR = 1e-2
-# Inductor compiles the whole program to C++: a minute or more on two cores, so the module exports once.
+# Inductor compiles the whole program to C++ (a minute or more on two cores) and the ONNX translation takes about as
+# long as torch.export: each format is exported once per module.
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def exported_dir(tmp_path_factory):
-    """A saved tiny model (one communicator layer, a one-layer text encoder) and the artefact exported next to it."""
+def export_tiny_model(folder, *options):
+    """Save a tiny model (one communicator layer, a one-layer text encoder) into `folder` and export it there."""
     torch.manual_seed(0)
     text_config = {**EpngConfig.tiny().text_config.to_dict(), "num_hidden_layers": 1}
     config = EpngConfig.tiny(num_communicator_layers=1, text_config=text_config, text_pooled_layers=1)
-    folder = tmp_path_factory.mktemp("exported")
     EpngForPanopticNarrativeGrounding(config).save_pretrained(folder)
-    manifest = export.main(["--model_name_or_path", str(folder), "--max_image_size", "256"])
+    manifest = export.main(["--model_name_or_path", str(folder), "--max_image_size", "256", *options])
     assert manifest["max_probability_error"] <= MAX_PROBABILITY_ERROR
     return folder
 
 
-def test_manifest_records_the_machine_and_the_weights(exported_dir):
-    manifest = json.loads((exported_dir / MANIFEST_FILE).read_text())
-    assert (exported_dir / ARTIFACT_FILE).stat().st_size > 0
-    assert manifest["format"] == "aoti" and manifest["dtype"] in ("bf16", "fp32")
-    fingerprint = machine_fingerprint("cpu")
-    assert all(manifest[key] == value for key, value in fingerprint.items())
-    assert len(manifest["weights_sha256"]) == 64
-    assert not list(exported_dir.glob(".export-*")), "the staging folder is left behind"
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory):
+    """A saved tiny model and the AOTInductor package exported next to it."""
+    return export_tiny_model(tmp_path_factory.mktemp("exported"))
 
 
-@pytest.mark.parametrize(
-    "batch_size, height, width, num_phrases, num_tokens", [(2, 64, 96, 3, 16), (1, 128, 64, 6, 20), (3, 32, 32, 1, 5)]
-)
-def test_artifact_matches_eager_across_sizes(exported_dir, batch_size, height, width, num_phrases, num_tokens):
-    reference = EpngForPanopticNarrativeGrounding.from_pretrained(exported_dir).eval()
-    fast = EpngForPanopticNarrativeGrounding.from_pretrained(exported_dir).optimize_for_inference()
-    assert fast.inference_settings.artifact == str(exported_dir / ARTIFACT_FILE)
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    """A saved tiny model and the ONNX model exported next to it (in place of a stale AOTInductor file)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    (folder / ARTIFACT_FILES["aoti"]).write_bytes(b"stale")
+    return export_tiny_model(folder, "--format", "onnx")
+
+
+def assert_matches_eager(folder, dtype, artifact_file, batch_size, height, width, num_phrases, num_tokens):
+    reference = EpngForPanopticNarrativeGrounding.from_pretrained(folder).eval()
+    fast = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference(dtype=dtype)
+    assert fast.inference_settings.artifact == str(folder / artifact_file)
     inputs = export.example_inputs(reference.config, batch_size, height, width, num_phrases, num_tokens, "cpu")
     with torch.inference_mode():
         expected, actual = reference(**inputs), fast(**inputs)
@@ -56,6 +56,52 @@ def test_artifact_matches_eager_across_sizes(exported_dir, batch_size, height, w
     labels = torch.ones(batch_size, num_phrases, height, width)
     with torch.inference_mode():
         assert fast(**inputs, mask_labels=labels).loss is not None
+
+
+SIZES = [(2, 64, 96, 3, 16), (1, 128, 64, 6, 20), (3, 32, 32, 1, 5)]
+
+
+def test_manifest_records_the_machine_and_the_weights(exported_dir):
+    manifest = json.loads((exported_dir / MANIFEST_FILE).read_text())
+    assert (exported_dir / ARTIFACT_FILES["aoti"]).stat().st_size > 0
+    assert manifest["format"] == "aoti" and manifest["dtype"] in ("bf16", "fp32")
+    fingerprint = machine_fingerprint("cpu")
+    assert all(manifest[key] == value for key, value in fingerprint.items())
+    assert len(manifest["weights_sha256"]) == 64
+    assert not list(exported_dir.glob(".export-*")), "the staging folder is left behind"
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+def test_artifact_matches_eager_across_sizes(exported_dir, sizes):
+    assert_matches_eager(exported_dir, "auto", ARTIFACT_FILES["aoti"], *sizes)
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+def test_onnx_artifact_matches_eager_across_sizes(onnx_dir, sizes):
+    assert_matches_eager(onnx_dir, "auto", ARTIFACT_FILES["onnx"], *sizes)
+
+
+def test_onnx_manifest_and_fallback(onnx_dir, tmp_path, caplog, monkeypatch):
+    manifest = json.loads((onnx_dir / MANIFEST_FILE).read_text())
+    assert manifest["format"] == "onnx" and manifest["dtype"] == "fp32" and manifest["file"] == ARTIFACT_FILES["onnx"]
+    assert manifest["onnxruntime_version"] and manifest["onnx_opset"] >= 18
+    assert (onnx_dir / ARTIFACT_FILES["onnx"]).stat().st_size > 0
+    assert not (onnx_dir / ARTIFACT_FILES["aoti"]).exists()
+    # Portable across CPUs and torch versions: only onnxruntime, the dtype and the weights count.
+    assert "cpu_flags" not in manifest
+    folder = shutil.copytree(onnx_dir, tmp_path / "copy")
+    model = EpngForPanopticNarrativeGrounding.from_pretrained(folder)
+    assert find_artifact(model, "fp32")[1] == "matches this machine"
+    assert "dtype" in find_artifact(model, "bf16")[1]
+    (folder / MANIFEST_FILE).write_text(json.dumps(dict(manifest, onnxruntime_version="99.0")))
+    assert "onnxruntime 99.0" in find_artifact(model, "fp32")[1]
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    monkeypatch.setattr("modeling_epng.inference.onnxruntime_version", lambda: None)
+    assert "onnxruntime is not installed" in find_artifact(model, "fp32")[1]
+    with caplog.at_level(logging.INFO, logger="modeling_epng.inference"):
+        model.optimize_for_inference()
+    assert model.inference_settings.artifact is None
+    assert sum("not using the exported artefact" in record.message for record in caplog.records) == 1
 
 
 def test_a_stale_or_foreign_artifact_falls_back_with_one_log_line(exported_dir, tmp_path, caplog):
@@ -87,7 +133,7 @@ def test_auto_dtype_takes_the_artifact_in_the_dtype_its_export_picked(exported_d
     other = "fp32" if manifest["dtype"] == "bf16" else "bf16"
     manifest_path.write_text(json.dumps(dict(manifest, dtype=other)))
     auto = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference()
-    assert auto.inference_settings.artifact == str(folder / ARTIFACT_FILE)
+    assert auto.inference_settings.artifact == str(folder / ARTIFACT_FILES["aoti"])
     assert auto.inference_settings.dtype == other
     asked = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference(dtype=manifest["dtype"])
     assert asked.inference_settings.artifact is None and asked.inference_settings.dtype == manifest["dtype"]
@@ -98,6 +144,8 @@ def test_bad_arguments_are_refused(tmp_path):
         export.main(["--model_name_or_path", str(tmp_path)])
     with pytest.raises(ValueError, match="multiple of 32"):
         export.export(tmp_path, max_image_size=100)
+    with pytest.raises(ValueError, match="ONNX artefact is fp32"):
+        export.export(tmp_path, format="onnx", dtype="bf16")
 
 
 def test_benchmarks_time_the_artifact_against_fp32_eager(exported_dir, tmp_path):
