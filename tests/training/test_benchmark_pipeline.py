@@ -23,7 +23,13 @@ def test_pipeline_section_reports_both_settings(capsys):
     for record in records:
         assert record["num_phrases"] == len(extract_phrase_spans(NARRATIVE)) >= 10
         assert record["input_size"] == 64 and record["image_size"] == [64, 64]
-        for name in ("bare_forward", "pipeline", "pipeline_given_phrases", "phrase_parsing"):
+        for name in (
+            "bare_forward",
+            "pipeline",
+            "pipeline_repeated_narrative",
+            "pipeline_given_phrases",
+            "phrase_parsing",
+        ):
             assert len(record["latencies_ms"][name]) == 2 and record[f"{name}_ms"] > 0
         assert record["overhead"] == record["pipeline_ms"] / record["bare_forward_ms"] - 1
     printed = capsys.readouterr().out
