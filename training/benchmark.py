@@ -393,6 +393,9 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     config = EpngConfig.tiny(**TINY_CONFIG_OVERRIDES) if args.tiny else EpngConfig()
+    if args.save_model:
+        benchmark_paths.save_random_model(config, args)
+        return {}
     model, compiled_model = build_model(config, device, training=False, args=args)
     memory = PeakMemory(device)
     report = {

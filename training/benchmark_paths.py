@@ -42,9 +42,25 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="also time the bare model and the pipeline (with and without automatic phrases) per inference setting",
     )
+    parser.add_argument(
+        "--save_model",
+        metavar="DIR",
+        help="only save the benchmark's random model and a processor at --image_size to DIR (for hub.export and "
+        "--model_name_or_path), then exit",
+    )
 
 
-def _processor(config, args):
+def save_random_model(config, args) -> None:
+    """`--save_model`: the random model of `--seed` and its processor, saved as a folder `from_pretrained` loads."""
+    from modeling_epng import EpngForPanopticNarrativeGrounding
+
+    torch.manual_seed(args.seed)
+    EpngForPanopticNarrativeGrounding(config).save_pretrained(args.save_model)
+    user_processor(config, args).save_pretrained(args.save_model)
+    print(f"saved a random {config.model_type} model and its processor ({args.image_size} px) to {args.save_model}")
+
+
+def user_processor(config, args):
     """The saved processor of `--model_name_or_path`, else one at `--image_size` with the offline MiniLM tokenizer."""
     from modeling_epng import EpngProcessor
 
@@ -87,7 +103,7 @@ def user_path_latencies(config, args, device) -> list[dict]:
     from modeling_epng.phrase_extraction import extract_phrase_spans
     from modeling_epng.pipeline_epng import TASK
 
-    processor = _processor(config, args)
+    processor = user_processor(config, args)
     size = processor.image_processor.size
     pixels = np.random.default_rng(args.seed).integers(0, 256, size=(size["height"], size["width"], 3), dtype=np.uint8)
     image = Image.fromarray(pixels)

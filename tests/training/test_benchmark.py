@@ -166,3 +166,15 @@ def test_cli_rejects_unavailable_cuda_and_bad_sizes():
     assert args.image_size == 64 and args.batch_sizes == [1, 2] and args.warmup >= 1
     paper = benchmark.parse_args(["--device", "cpu", "--batch_sizes", "1", "12", "32"])
     assert paper.image_size == 640 and paper.num_phrases == 20 and paper.batch_sizes == [1, 12, 32]
+
+
+def test_save_model_writes_a_folder_the_user_path_section_loads(tmp_path):
+    from modeling_epng import EpngForPanopticNarrativeGrounding, EpngProcessor
+
+    assert benchmark.main([*TINY_RUN, "--save_model", str(tmp_path)]) == {}
+    model = EpngForPanopticNarrativeGrounding.from_pretrained(tmp_path)
+    assert model.config.hidden_size == EpngConfig.tiny().hidden_size
+    assert EpngProcessor.from_pretrained(tmp_path).image_processor.size == {"height": 64, "width": 64}
+    torch.manual_seed(0)
+    expected = EpngForPanopticNarrativeGrounding(model.config)  # --seed 0: the same random weights
+    torch.testing.assert_close(model.state_dict(), expected.state_dict())
