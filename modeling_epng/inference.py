@@ -304,6 +304,12 @@ def onnx_mismatch(manifest: dict, fingerprint: dict) -> str | None:
     return None
 
 
+def artifact_files(manifest: dict) -> list[str]:
+    """The files of the artefact a manifest describes, in the model's folder: the one loaded first, then those it
+    reads (an ONNX model's weights are in `<file>.data`)."""
+    return [manifest.get("file", ARTIFACT_FILES["aoti"]), *manifest.get("data_files", [])]
+
+
 def find_artifact(model, dtype: str | None) -> tuple[Path | None, str]:
     """The artefact next to the model's weights that matches this machine (and `dtype`, unless None), or None and
     why not.
@@ -317,9 +323,10 @@ def find_artifact(model, dtype: str | None) -> tuple[Path | None, str]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as error:
         return None, f"unreadable {manifest_path}: {error}"
-    artifact = model_dir / manifest.get("file", ARTIFACT_FILES["aoti"])
-    if not artifact.is_file():
-        return None, f"{manifest_path} names {artifact.name}, which is missing"
+    missing = [name for name in artifact_files(manifest) if not (model_dir / name).is_file()]
+    if missing:
+        return None, f"{manifest_path} names {', '.join(missing)}, missing next to it"
+    artifact = model_dir / artifact_files(manifest)[0]
     reason = artifact_mismatch(manifest, machine_fingerprint(model.device), dtype, weights_sha256(model_dir))
     return (None, reason) if reason else (artifact, "matches this machine")
 

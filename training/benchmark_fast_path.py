@@ -7,7 +7,8 @@ text encoder is left out through `phrase_features`, unless `--with_text_encoder`
 * `fast_path`: `model.optimize_for_inference()` with its defaults (no compile, no artefact);
 * `fast_path_fp32`: the same with `dtype="fp32"` (channels_last + folded batch norms only);
 * `fast_path_compiled` (with `--compile`): `optimize_for_inference(compile=True)`;
-* `artifact` (with `--model_name_or_path DIR` holding an artefact of `python -m hub.export`): the AOTInductor package.
+* `artifact` (with `--model_name_or_path DIR` holding an artefact of `python -m hub.export`): the AOTInductor
+  package or the ONNX model (onnxruntime), whichever the folder holds.
   It runs from token-level inputs, so this variant always includes the text encoder, and `fp32_eager` is then timed
   with the text encoder too, as its baseline.
 
@@ -163,6 +164,6 @@ def format_fast_path(section: dict) -> list[str]:
     for record in section.get("cold_start", []):
         value = f"{record['seconds']:.1f} s" if record["status"] == "ok" else record["reason"]
         artifact = (record.get("settings") or {}).get("artifact")
-        used = "" if record["variant"] != "artifact" else f" (artefact {'used' if artifact else 'NOT used'})"
+        used = "" if record["variant"] != "artifact" else f" (artefact {artifact or 'NOT used'})"
         lines.append(f"  cold start (process start -> first mask), {record['variant']}: {value}{used}")
     return lines

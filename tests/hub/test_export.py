@@ -37,9 +37,10 @@ def exported_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory):
-    """A saved tiny model and the ONNX model exported next to it (in place of a stale AOTInductor file)."""
+    """A saved tiny model and the ONNX model exported next to it, in place of an AOTInductor package."""
     folder = tmp_path_factory.mktemp("onnx")
-    (folder / ARTIFACT_FILES["aoti"]).write_bytes(b"stale")
+    (folder / ARTIFACT_FILES["aoti"]).write_bytes(b"replaced")
+    (folder / MANIFEST_FILE).write_text(json.dumps({"format": "aoti", "file": ARTIFACT_FILES["aoti"]}))
     return export_tiny_model(folder, "--format", "onnx")
 
 
@@ -85,8 +86,9 @@ def test_onnx_manifest_and_fallback(onnx_dir, tmp_path, caplog, monkeypatch):
     manifest = json.loads((onnx_dir / MANIFEST_FILE).read_text())
     assert manifest["format"] == "onnx" and manifest["dtype"] == "fp32" and manifest["file"] == ARTIFACT_FILES["onnx"]
     assert manifest["onnxruntime_version"] and manifest["onnx_opset"] >= 18
-    assert (onnx_dir / ARTIFACT_FILES["onnx"]).stat().st_size > 0
-    assert not (onnx_dir / ARTIFACT_FILES["aoti"]).exists()
+    assert manifest["data_files"] == [ARTIFACT_FILES["onnx"] + ".data"]
+    assert (onnx_dir / manifest["data_files"][0]).stat().st_size > (onnx_dir / ARTIFACT_FILES["onnx"]).stat().st_size
+    assert not (onnx_dir / ARTIFACT_FILES["aoti"]).exists(), "the replaced artefact is left behind"
     # Portable across CPUs and torch versions: only onnxruntime, the dtype and the weights count.
     assert "cpu_flags" not in manifest
     folder = shutil.copytree(onnx_dir, tmp_path / "copy")
@@ -96,6 +98,9 @@ def test_onnx_manifest_and_fallback(onnx_dir, tmp_path, caplog, monkeypatch):
     (folder / MANIFEST_FILE).write_text(json.dumps(dict(manifest, onnxruntime_version="99.0")))
     assert "onnxruntime 99.0" in find_artifact(model, "fp32")[1]
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (folder / manifest["data_files"][0]).rename(folder / "elsewhere")
+    assert "epng_inference.onnx.data, missing" in find_artifact(model, "fp32")[1]
+    (folder / "elsewhere").rename(folder / manifest["data_files"][0])
     monkeypatch.setattr("modeling_epng.inference.onnxruntime_version", lambda: None)
     assert "onnxruntime is not installed" in find_artifact(model, "fp32")[1]
     with caplog.at_level(logging.INFO, logger="modeling_epng.inference"):
@@ -148,9 +153,12 @@ def test_bad_arguments_are_refused(tmp_path):
         export.export(tmp_path, format="onnx", dtype="bf16")
 
 
-def test_benchmarks_time_the_artifact_against_fp32_eager(exported_dir, tmp_path):
+@pytest.mark.parametrize("artifact_format, folder_fixture", [("aoti", "exported_dir"), ("onnx", "onnx_dir")])
+def test_benchmarks_time_the_artifact_against_fp32_eager(artifact_format, folder_fixture, request, tmp_path):
     from training import benchmark
+    from training.benchmark_cold_start import cold_start_seconds
 
+    exported_dir = request.getfixturevalue(folder_fixture)
     path = tmp_path / "report.json"
     run = ["--tiny", "--device", "cpu", "--threads", "1", "--batch_sizes", "1", "--iterations", "1", "--warmup", "1"]
     threads = torch.get_num_threads()
@@ -178,3 +186,8 @@ def test_benchmarks_time_the_artifact_against_fp32_eager(exported_dir, tmp_path)
     assert artifact["max_probability_error"] <= MAX_PROBABILITY_ERROR
     calls = {record["call"] for record in report["paths"] if record["setting"] == "artifact"}
     assert calls == {"bare_model", "pipeline_given_phrases", "pipeline"}
+    cold_start = cold_start_seconds(str(exported_dir), "artifact", benchmark.parse_args(run))
+    assert cold_start["status"] == "ok", cold_start
+    assert cold_start["seconds"] > 0 and cold_start["settings"]["artifact"] == str(
+        exported_dir / ARTIFACT_FILES[artifact_format]
+    )
