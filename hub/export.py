@@ -44,6 +44,7 @@ from modeling_epng.inference import (
     machine_fingerprint,
     onnxruntime_version,
     weights_sha256,
+    weights_stats,
 )
 
 FORMATS = tuple(ARTIFACT_FILES)
@@ -199,6 +200,7 @@ def export(
             "dtype": model.inference_settings.dtype,
             **built_for,
             "weights_sha256": weights_sha256(model_dir),
+            "weights_stats": weights_stats(model_dir),
             "max_image_size": max_image_size,
             "max_batch_size": MAX_BATCH_SIZE,
             "max_phrases": MAX_PHRASES,

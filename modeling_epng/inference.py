@@ -20,6 +20,8 @@ of them match this machine and the weights (`dtype="auto"` takes the artefact's 
 runs in an onnxruntime CPU session (as many intra-op threads as torch uses when it is loaded) on any CPU: it needs
 onnxruntime (`pip install 'epng[onnx]'`), at least the version it was exported with, the same weights, and
 `dtype="auto"` or `"fp32"`. When an artefact does not match, one log line says why not, and the eager fast path runs.
+Both manifests also record the weights' sizes and modification times: while those match, the weights are not hashed
+again (most of a second for the paper's model on every load).
 """
 
 from __future__ import annotations
@@ -246,6 +248,15 @@ def weights_sha256(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def weights_stats(model_dir: str | Path) -> dict:
+    """Name -> [size in bytes, modification time in ns] of the `*.safetensors` files of a model folder. The manifest
+    records them beside the hash, so that a load finds unchanged weights by one `stat` per file instead of hashing
+    hundreds of MB (most of a second for the paper's model); any rewrite, copy without times or download changes
+    them, and then the hash is computed and compared."""
+    stats = {path.name: path.stat() for path in sorted(Path(model_dir).glob("*.safetensors"))}
+    return {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
+
+
 def machine_fingerprint(device: torch.device | str) -> dict:
     """What a compiled artefact depends on: torch version, device, and the CPU's capability and feature flags
     (Inductor compiles for the host's instruction set) or the GPU's compute capability."""
@@ -285,7 +296,7 @@ def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str | None, weig
             return f"built on a CPU with flags this one lacks: {', '.join(missing[:8])}"
     if dtype is not None and manifest.get("dtype") != dtype:
         return f"built for dtype {manifest.get('dtype')!r}, {dtype!r} is asked for here"
-    if weights is not None and manifest.get("weights_sha256") != weights:
+    if weights is not None and manifest.get("weights_sha256") != weights:  # None: the weights' stats match
         return "the weights next to it changed since it was exported"
     return None
 
@@ -327,7 +338,9 @@ def find_artifact(model, dtype: str | None) -> tuple[Path | None, str]:
     if missing:
         return None, f"{manifest_path} names {', '.join(missing)}, missing next to it"
     artifact = model_dir / artifact_files(manifest)[0]
-    reason = artifact_mismatch(manifest, machine_fingerprint(model.device), dtype, weights_sha256(model_dir))
+    unchanged = manifest.get("weights_stats") == weights_stats(model_dir)
+    weights = None if unchanged else weights_sha256(model_dir)
+    reason = artifact_mismatch(manifest, machine_fingerprint(model.device), dtype, weights)
     return (None, reason) if reason else (artifact, "matches this machine")
 
 

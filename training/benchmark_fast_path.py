@@ -14,7 +14,8 @@ text encoder is left out through `phrase_features`, unless `--with_text_encoder`
 
 Each variant reports its latency, its ratio to `fp32_eager` and its max |probability difference| from it.
 `--cold_start` also times, in fresh processes, process start -> first mask of `from_pretrained` + the variant
-(eager, fast path, compiled, artefact): see `training/benchmark_cold_start.py`.
+(eager, fast path, compiled, artefact, each with its stages) and a run of the `epng-ground` command (the folder needs
+its processor): see `training/benchmark_cold_start.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.inference import ISA_FLAG, cpu_flags, native_bf16_reason
 
-from .benchmark_cold_start import cold_start_seconds
+from .benchmark_cold_start import cold_start_seconds, format_cold_start
 from .benchmark_timing import Variant, measure_variants
 
 BASELINE = "fp32_eager"
@@ -70,7 +71,7 @@ def fast_path_section(config, args, device, memory) -> dict:
     records, settings = fast_path_measurements(config, args, device, memory)
     section = {"measurements": records, "settings": settings}
     if args.cold_start:
-        variants = ["eager", "fast_path", *(["compiled"] if args.compile else []), "artifact"]
+        variants = ["eager", "fast_path", *(["compiled"] if args.compile else []), "artifact", "ground"]
         section["cold_start"] = [cold_start_seconds(args.model_name_or_path, name, args) for name in variants]
     return section
 
@@ -161,9 +162,5 @@ def format_fast_path(section: dict) -> list[str]:
         lines.append(row.format(record["variant"], record["batch_size"], text, *values, error, "ok"))
     for name, settings in section["settings"].items():
         lines.append(f"  {name}: {settings}")
-    for record in section.get("cold_start", []):
-        value = f"{record['seconds']:.1f} s" if record["status"] == "ok" else record["reason"]
-        artifact = (record.get("settings") or {}).get("artifact")
-        used = "" if record["variant"] != "artifact" else f" (artefact {artifact or 'NOT used'})"
-        lines.append(f"  cold start (process start -> first mask), {record['variant']}: {value}{used}")
+    lines += [format_cold_start(record) for record in section.get("cold_start", [])]
     return lines

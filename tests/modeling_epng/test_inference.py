@@ -1,5 +1,8 @@
 """The inference fast path (`optimize_for_inference`): parity with fp32 eager, batch-norm folding, dtype choice."""
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -96,3 +99,40 @@ def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it(monkeypatch, capabili
     assert inference.resolve_dtype("fp32", "cpu")[0] == "fp32"
     with pytest.raises(ValueError, match="fp16"):
         inference.resolve_dtype("fp16", "cpu")
+
+
+def test_unchanged_weights_are_not_hashed_again_and_changed_ones_are_refused(tmp_path, monkeypatch):
+    """The manifest's sizes and modification times spare the hash; a rewrite of the same size is still refused."""
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    (tmp_path / inference.ARTIFACT_FILES["aoti"]).write_bytes(b"package")  # find_artifact does not open the package
+    manifest = {
+        "file": inference.ARTIFACT_FILES["aoti"],
+        "dtype": "fp32",
+        **inference.machine_fingerprint("cpu"),
+        "weights_sha256": inference.weights_sha256(tmp_path),
+        "weights_stats": inference.weights_stats(tmp_path),
+    }
+    (tmp_path / inference.MANIFEST_FILE).write_text(json.dumps(manifest))
+    model = EpngForPanopticNarrativeGrounding.from_pretrained(tmp_path)
+    hashed = []
+    real_sha256 = inference.weights_sha256
+    monkeypatch.setattr(inference, "weights_sha256", lambda folder: hashed.append(folder) or real_sha256(folder))
+    assert inference.find_artifact(model, "fp32") == (
+        tmp_path / inference.ARTIFACT_FILES["aoti"],
+        "matches this machine",
+    )
+    assert hashed == []
+
+    weights = tmp_path / "model.safetensors"
+    content = bytearray(weights.read_bytes())
+    content[-1] ^= 1
+    weights.write_bytes(content)  # same size, new content and modification time
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    artifact, reason = inference.find_artifact(model, "fp32")
+    assert artifact is None and "weights" in reason and len(hashed) == 1
+
+    content[-1] ^= 1
+    weights.write_bytes(content)  # the exported weights again, with a new modification time: hashed, then used
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 2))
+    assert inference.find_artifact(model, "fp32")[0] == tmp_path / inference.ARTIFACT_FILES["aoti"] and len(hashed) == 2

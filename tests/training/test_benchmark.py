@@ -111,16 +111,25 @@ def test_user_paths_time_the_bare_model_and_the_pipeline_per_setting(report):
         benchmark.parse_args([*TINY_RUN, "--model_name_or_path", "somewhere"])
 
 
-def test_cold_start_runs_a_fresh_process(tmp_path, tiny_config):
-    from modeling_epng import EpngForPanopticNarrativeGrounding
-    from training.benchmark_cold_start import cold_start_seconds
+def test_cold_start_runs_fresh_processes(tmp_path, minilm_path):
+    from app_testing import save_tiny_model
 
-    EpngForPanopticNarrativeGrounding(tiny_config).save_pretrained(tmp_path)
+    from training.benchmark_cold_start import cold_start_seconds, format_cold_start
+
+    save_tiny_model(tmp_path, minilm_path)
     args = benchmark.parse_args(TINY_RUN)
     record = cold_start_seconds(str(tmp_path), "fast_path", args)
     assert record["status"] == "ok", record
     assert record["seconds"] > 0 and record["settings"]["folded_batch_norms"] > 0
     assert record["settings"]["artifact"] is None
+    assert list(record["stages"]) == ["imports", "from_pretrained", "optimize_for_inference", "first_forward"]
+    assert min(record["stages"].values()) >= 0
+    assert sum(record["stages"].values()) == pytest.approx(record["seconds"])
+    assert "fast_path: " in format_cold_start(record) and "; imports " in format_cold_start(record)
+    # The user's command, spaCy's phrases included: the narrative has six noun phrases.
+    ground = cold_start_seconds(str(tmp_path), "ground", args)
+    assert ground["status"] == "ok", ground
+    assert ground["seconds"] > 0 and ground["phrases"] == 6
     with pytest.raises(SystemExit):
         benchmark.parse_args([*TINY_RUN, "--cold_start"])
 
