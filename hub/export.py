@@ -6,7 +6,9 @@
 with its manifest `epng_inference.json` in one of two formats:
 
 * `aoti` (default): `epng_inference.pt2`, an AOTInductor package compiled ahead of time by
-  `torch._inductor.aoti_compile_and_package` for this machine's torch version and CPU instruction set (or GPU).
+  `torch._inductor.aoti_compile_and_package` for this machine's torch version and CPU instruction set (or GPU). It
+  holds the compiled code only (5 MB for the paper's model, not 720): a load hands it the weights of the model that
+  `optimize_for_inference()` prepares, see `modeling_epng/aoti_package.py`.
 * `onnx`: `epng_inference.onnx`, the same program translated by `torch.onnx.export` (fp32), run by onnxruntime on any
   CPU; it needs `pip install 'epng[onnx]'` (onnx, onnxscript and onnxruntime) to export and onnxruntime to run.
 
@@ -33,6 +35,12 @@ from torch import nn
 from torch.export import Dim
 
 from modeling_epng import EpngForPanopticNarrativeGrounding
+from modeling_epng.aoti_package import (
+    AotiPackageWithWeights,
+    load_aoti_package,
+    model_weights_for,
+    weights_layout_sha256,
+)
 from modeling_epng.inference import (
     ARTIFACT_FILES,
     ARTIFACT_INPUTS,
@@ -110,12 +118,17 @@ def max_probability_error(package, reference: EpngForPanopticNarrativeGrounding,
     return float((actual - expected).abs().max())
 
 
-def compile_aoti(program: torch.export.ExportedProgram, path: Path, device: str) -> tuple[object, dict]:
-    """Compile `program` into the AOTInductor package `path`; returns it loaded and its manifest entries."""
-    from torch._inductor import aoti_compile_and_package, aoti_load_package
+def compile_aoti(program: torch.export.ExportedProgram, path: Path, device: str, model) -> tuple[object, dict]:
+    """Compile `program` into the AOTInductor package `path` without the weights, which a load hands it from the model
+    it prepares (see `modeling_epng/aoti_package.py`); returns it with `model`'s weights and its manifest entries."""
+    from torch._inductor import aoti_compile_and_package
 
-    aoti_compile_and_package(program, package_path=str(path))
-    return aoti_load_package(str(path)), machine_fingerprint(device)
+    configs = {"aot_inductor.package_constants_in_so": False}
+    aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+    package = load_aoti_package(path)
+    weights = model_weights_for(package, model)
+    entries = {"weights_in_package": False, "weights_layout_sha256": weights_layout_sha256(weights)}
+    return AotiPackageWithWeights(package, weights), {**machine_fingerprint(device), **entries}
 
 
 def translate_onnx(program: torch.export.ExportedProgram, path: Path, device: str = "cpu") -> tuple[object, dict]:
@@ -185,8 +198,10 @@ def export(
     artifact_file = ARTIFACT_FILES[format]
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-") as staging:
         staged = Path(staging, artifact_file)
-        write = compile_aoti if format == "aoti" else translate_onnx
-        package, built_for = write(program, staged, device)
+        if format == "aoti":
+            package, built_for = compile_aoti(program, staged, device, model)
+        else:
+            package, built_for = translate_onnx(program, staged, device)
         seconds = time.perf_counter() - start
         checks = [inputs, example_inputs(config, 1, 96, 64, 5, 24, device)]
         error = max(max_probability_error(package, reference, check) for check in checks)

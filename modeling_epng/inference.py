@@ -16,7 +16,8 @@ Exported artefacts (written by `python -m hub.export`, loaded here): an AOTInduc
 an ONNX model `epng_inference.onnx` next to the weights, with a manifest `epng_inference.json` recording its format
 and what it was built for. An AOTInductor package is compiled code: its manifest records the torch version, device,
 CPU capability and flags (or GPU compute capability), dtype and SHA-256 of the weights, and it is used only when all
-of them match this machine and the weights (`dtype="auto"` takes the artefact's dtype). An ONNX model is fp32 and
+of them match this machine and the weights (`dtype="auto"` takes the artefact's dtype); it reads the weights of the
+model prepared here, laid out as at its export (`aoti_package.py`). An ONNX model is fp32 and
 runs in an onnxruntime CPU session (as many intra-op threads as torch uses when it is loaded) on any CPU: it needs
 onnxruntime (`pip install 'epng[onnx]'`), at least the version it was exported with, the same weights, and
 `dtype="auto"` or `"fp32"`. When an artefact does not match, one log line says why not, and the eager fast path runs.
@@ -408,6 +409,12 @@ def load_artifact(model, dtype: str | None):
     manifest = json.loads((artifact.parent / MANIFEST_FILE).read_text())
     if manifest.get("format") == "onnx":
         return OnnxRuntimeProgram(artifact), str(artifact), manifest["dtype"]
-    from torch._inductor import aoti_load_package
+    from .aoti_package import hand_model_weights, load_aoti_package
 
-    return aoti_load_package(str(artifact)), str(artifact), manifest["dtype"]
+    package = load_aoti_package(artifact)
+    if not manifest.get("weights_in_package", True):  # the export left them out: the model's are handed over
+        package, reason = hand_model_weights(package, model, manifest.get("weights_layout_sha256"))
+        if package is None:
+            logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
+            return None, None, None
+    return package, str(artifact), manifest["dtype"]

@@ -10,6 +10,7 @@ import torch
 
 from hub import export
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
+from modeling_epng.aoti_package import hand_model_weights, load_aoti_package
 from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, find_artifact, machine_fingerprint
 
 MAX_PROBABILITY_ERROR = 1e-2
@@ -70,6 +71,42 @@ def test_manifest_records_the_machine_and_the_weights(exported_dir):
     assert all(manifest[key] == value for key, value in fingerprint.items())
     assert len(manifest["weights_sha256"]) == 64
     assert not list(exported_dir.glob(".export-*")), "the staging folder is left behind"
+    # The package holds code only: a load hands it the prepared model's weights.
+    assert manifest["weights_in_package"] is False and len(manifest["weights_layout_sha256"]) == 64
+
+
+def test_loading_the_package_neither_probes_the_cpu_nor_copies_the_weights(exported_dir, monkeypatch):
+    import torch._inductor.codecache
+
+    def probe(*args):
+        raise AssertionError("the load probed the CPU's instruction sets")
+
+    monkeypatch.setattr(torch._inductor.codecache, "get_device_information", probe)
+    manifest = json.loads((exported_dir / MANIFEST_FILE).read_text())
+    model = EpngForPanopticNarrativeGrounding.from_pretrained(exported_dir).optimize_for_inference(use_artifact=False)
+    package = load_aoti_package(exported_dir / ARTIFACT_FILES["aoti"])
+    package, reason = hand_model_weights(package, model, manifest["weights_layout_sha256"])
+    assert reason is None
+    pointers = {tensor.data_ptr() for tensor in (*model.parameters(), *model.buffers())}
+    assert package.weights and {tensor.data_ptr() for tensor in package.weights.values()} <= pointers
+    inputs = export.example_inputs(model.config, 1, 64, 64, 2, 12, "cpu")
+    with torch.inference_mode():
+        expected, actual = model(**inputs).mask_logits.sigmoid(), package(**inputs)[0].float().sigmoid()
+    assert (actual - expected).abs().max() <= MAX_PROBABILITY_ERROR
+    fast = EpngForPanopticNarrativeGrounding.from_pretrained(exported_dir).optimize_for_inference()
+    assert fast.inference_settings.artifact == str(exported_dir / ARTIFACT_FILES["aoti"])
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [({"channels_last": False}, "laid out unlike"), ({"fold_batch_norms": False}, "has no weight")],
+)
+def test_a_model_prepared_unlike_the_export_runs_eager(exported_dir, caplog, options, reason):
+    model = EpngForPanopticNarrativeGrounding.from_pretrained(exported_dir)
+    with caplog.at_level(logging.WARNING, logger="modeling_epng.inference"):
+        model.optimize_for_inference(**options)
+    assert model.inference_settings.artifact is None
+    assert sum(reason in record.message for record in caplog.records) == 1
 
 
 @pytest.mark.parametrize("sizes", SIZES)
