@@ -97,6 +97,20 @@ def test_loading_the_package_neither_probes_the_cpu_nor_copies_the_weights(expor
     assert fast.inference_settings.artifact == str(exported_dir / ARTIFACT_FILES["aoti"])
 
 
+def test_a_package_holding_its_weights_still_runs(tmp_path, monkeypatch):
+    """A package exported with its weights inside (as exports were before they left them out) runs as it is."""
+    from torch._inductor import aoti_compile_and_package
+
+    def compile_with_weights(program, path, device, model):
+        aoti_compile_and_package(program, package_path=str(path))
+        return load_aoti_package(path), machine_fingerprint(device)
+
+    monkeypatch.setattr(export, "compile_aoti", compile_with_weights)
+    folder = export_tiny_model(tmp_path)
+    assert "weights_in_package" not in json.loads((folder / MANIFEST_FILE).read_text())
+    assert_matches_eager(folder, "auto", ARTIFACT_FILES["aoti"], *SIZES[0])
+
+
 @pytest.mark.parametrize(
     "options, reason",
     [({"channels_last": False}, "laid out unlike"), ({"fold_batch_norms": False}, "has no weight")],
