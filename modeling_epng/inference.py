@@ -20,7 +20,8 @@ of them match this machine and the weights (`dtype="auto"` takes the artefact's 
 model prepared here, laid out as at its export (`aoti_package.py`). An ONNX model is fp32 and
 runs in an onnxruntime CPU session (as many intra-op threads as torch uses when it is loaded) on any CPU: it needs
 onnxruntime (`pip install 'epng[onnx]'`), at least the version it was exported with, the same weights, and
-`dtype="auto"` or `"fp32"`. When an artefact does not match, one log line says why not, and the eager fast path runs.
+`dtype="fp32"`, or `"auto"` on a CPU without native bf16 (on one with it, the bf16 eager fast path is faster). When
+an artefact does not match, one log line says why not, and the eager fast path runs.
 Both manifests also record the weights' sizes and modification times: while those match, the weights are not hashed
 again (most of a second for the paper's model on every load).
 """
@@ -280,12 +281,13 @@ def onnxruntime_version() -> str | None:
 
 
 def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str | None, weights: str | None) -> str | None:
-    """Why an artefact with this manifest cannot serve here, or None when it can (`dtype` None: any dtype)."""
+    """Why an artefact with this manifest cannot serve here, or None when it can (`dtype` None: `"auto"`, which takes
+    an AOTInductor package in any dtype)."""
     artifact_format = manifest.get("format", "aoti")
     if artifact_format not in ARTIFACT_FILES:
         return f"unknown artefact format {artifact_format!r}"
     if artifact_format == "onnx":
-        reason = onnx_mismatch(manifest, fingerprint)
+        reason = onnx_mismatch(manifest, fingerprint, dtype)
         if reason:
             return reason
     else:
@@ -302,8 +304,11 @@ def artifact_mismatch(manifest: dict, fingerprint: dict, dtype: str | None, weig
     return None
 
 
-def onnx_mismatch(manifest: dict, fingerprint: dict) -> str | None:
-    """Why an ONNX artefact cannot run here (it runs on any CPU with a recent enough onnxruntime), or None."""
+def onnx_mismatch(manifest: dict, fingerprint: dict, dtype: str | None) -> str | None:
+    """Why an ONNX artefact cannot run here (it runs on any CPU with a recent enough onnxruntime), or None.
+
+    With `dtype` None (`"auto"`), it is not taken on a CPU that computes bf16 natively: there the eager bf16 fast path
+    is faster than the fp32 model in onnxruntime (see the README's Performance section)."""
     from packaging.version import Version
 
     if fingerprint.get("device") != "cpu":
@@ -313,7 +318,19 @@ def onnx_mismatch(manifest: dict, fingerprint: dict) -> str | None:
         return "it is an ONNX model and onnxruntime is not installed (pip install 'epng[onnx]')"
     if Version(installed) < Version(exported_with):
         return f"exported with onnxruntime {exported_with}, this one has the older {installed}"
+    if dtype is None:
+        native_bf16, reason = native_bf16_reason("cpu")
+        if native_bf16:
+            return f"it is fp32 and dtype='auto' runs the faster bf16 fast path here ({reason}); dtype='fp32' runs it"
     return None
+
+
+def artifact_dtype(model_dir: str | Path) -> str:
+    """The dtype of the artefact exported into `model_dir` (`"auto"` where there is none): what to ask
+    `optimize_for_inference` for to run that artefact whatever `"auto"` would pick."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads(Path(model_dir, MANIFEST_FILE).read_text())["dtype"]
+    return "auto"
 
 
 def artifact_files(manifest: dict) -> list[str]:

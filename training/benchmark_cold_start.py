@@ -4,10 +4,10 @@
 
 The child process imports the package, loads DIR with `from_pretrained`, prepares the variant (`eager`: nothing;
 `fast_path`: `optimize_for_inference(use_artifact=False)`; `compiled`: the same with `compile=True`; `artifact`:
-`optimize_for_inference()`, which loads the exported artefact) and thresholds the mask logits of one random
-token-level input. It prints the wall-clock time of that first mask and of the end of each stage before it, which
-the parent compares with the time it started the process: Python start-up, imports, loading and compilation all
-count.
+`optimize_for_inference` in the dtype of the exported artefact, which loads it) and thresholds the mask logits of
+one random token-level input. It prints the wall-clock time of that first mask and of the end of each stage before
+it, which the parent compares with the time it started the process: Python start-up, imports, loading and
+compilation all count.
 
 The `ground` variant is what a user runs: the `epng-ground` command (`python -m training.ground`) on a 640 x 480
 photo-sized JPEG and a narrative of six noun phrases, found by spaCy, with its defaults (the fast path, and the
@@ -111,6 +111,7 @@ def main(argv=None) -> None:
     import torch
 
     from modeling_epng import EpngForPanopticNarrativeGrounding
+    from modeling_epng.inference import artifact_dtype
 
     from .benchmark import make_inputs
 
@@ -119,8 +120,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     model = EpngForPanopticNarrativeGrounding.from_pretrained(args.model_name_or_path).eval()
     stages["from_pretrained"] = time.time()
-    if args.variant != "eager":
-        model.optimize_for_inference(compile=args.variant == "compiled", use_artifact=args.variant == "artifact")
+    if args.variant == "artifact":
+        model.optimize_for_inference(dtype=artifact_dtype(args.model_name_or_path))
+    elif args.variant != "eager":
+        model.optimize_for_inference(compile=args.variant == "compiled", use_artifact=False)
     stages["optimize_for_inference"] = time.time()
     inputs = make_inputs(model.config, 1, argparse.Namespace(channels_last=False, **vars(args)), True, model.device)
     with torch.inference_mode():

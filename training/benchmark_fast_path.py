@@ -8,7 +8,7 @@ text encoder is left out through `phrase_features`, unless `--with_text_encoder`
 * `fast_path_fp32`: the same with `dtype="fp32"` (channels_last + folded batch norms only);
 * `fast_path_compiled` (with `--compile`): `optimize_for_inference(compile=True)`;
 * `artifact` (with `--model_name_or_path DIR` holding an artefact of `python -m hub.export`): the AOTInductor
-  package or the ONNX model (onnxruntime), whichever the folder holds.
+  package or the ONNX model (onnxruntime), whichever the folder holds, in its own dtype.
   It runs from token-level inputs, so this variant always includes the text encoder, and `fp32_eager` is then timed
   with the text encoder too, as its baseline.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from modeling_epng import EpngForPanopticNarrativeGrounding
-from modeling_epng.inference import ISA_FLAG, cpu_flags, native_bf16_reason
+from modeling_epng.inference import ISA_FLAG, artifact_dtype, cpu_flags, native_bf16_reason
 
 from .benchmark_cold_start import cold_start_seconds, format_cold_start
 from .benchmark_timing import Variant, measure_variants
@@ -101,7 +101,7 @@ def fast_path_measurements(config, args, device, memory) -> tuple[list[dict], di
     settings = {name: model.inference_settings.to_dict() for name, model in models.items() if name != BASELINE}
     artifact_reason = None
     if args.model_name_or_path:
-        model = load_model(config, args, device).optimize_for_inference()
+        model = load_model(config, args, device).optimize_for_inference(dtype=artifact_dtype(args.model_name_or_path))
         if model.inference_settings.artifact:
             models["artifact"] = model
             settings["artifact"] = model.inference_settings.to_dict()

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_epng.inference import find_artifact
+
 from .benchmark_fast_path import load_model
 from .benchmark_pipeline import NARRATIVE
 from .benchmark_timing import time_calls
@@ -90,7 +92,9 @@ def _settings(config, args, device) -> tuple[dict, dict]:
         if model.inference_settings.artifact:
             models["artifact"] = model
         else:
-            skipped["artifact"] = "no exported artefact matching this machine next to the weights"
+            skipped["artifact"] = (
+                f"the pipeline's default does not run the artefact here: {find_artifact(model, None)[1]}"
+            )
     else:
         skipped["artifact"] = "needs --model_name_or_path DIR with an exported artefact"
     return models, skipped

@@ -11,7 +11,13 @@ import torch
 from hub import export
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.aoti_package import hand_model_weights, load_aoti_package
-from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, find_artifact, machine_fingerprint
+from modeling_epng.inference import (
+    ARTIFACT_FILES,
+    MANIFEST_FILE,
+    find_artifact,
+    machine_fingerprint,
+    native_bf16_reason,
+)
 
 MAX_PROBABILITY_ERROR = 1e-2
 # Inductor compiles the whole program to C++ (a minute or more on two cores) and the ONNX translation takes about as
@@ -130,7 +136,7 @@ def test_artifact_matches_eager_across_sizes(exported_dir, sizes):
 
 @pytest.mark.parametrize("sizes", SIZES)
 def test_onnx_artifact_matches_eager_across_sizes(onnx_dir, sizes):
-    assert_matches_eager(onnx_dir, "auto", ARTIFACT_FILES["onnx"], *sizes)
+    assert_matches_eager(onnx_dir, "fp32", ARTIFACT_FILES["onnx"], *sizes)
 
 
 def test_onnx_manifest_and_fallback(onnx_dir, tmp_path, caplog, monkeypatch):
@@ -152,10 +158,16 @@ def test_onnx_manifest_and_fallback(onnx_dir, tmp_path, caplog, monkeypatch):
     (folder / manifest["data_files"][0]).rename(folder / "elsewhere")
     assert "epng_inference.onnx.data, missing" in find_artifact(model, "fp32")[1]
     (folder / "elsewhere").rename(folder / manifest["data_files"][0])
+    # dtype="auto" takes the fp32 model only where bf16 is not native (elsewhere the bf16 eager fast path is faster).
+    monkeypatch.setattr("modeling_epng.inference.native_bf16_reason", lambda device: (False, "no bf16"))
+    assert find_artifact(model, None)[1] == "matches this machine"
+    monkeypatch.setattr("modeling_epng.inference.native_bf16_reason", lambda device: (True, "native bf16"))
+    assert "faster bf16 fast path here (native bf16); dtype='fp32' runs it" in find_artifact(model, None)[1]
+    assert find_artifact(model, "fp32")[1] == "matches this machine"
     monkeypatch.setattr("modeling_epng.inference.onnxruntime_version", lambda: None)
     assert "onnxruntime is not installed" in find_artifact(model, "fp32")[1]
     with caplog.at_level(logging.INFO, logger="modeling_epng.inference"):
-        model.optimize_for_inference()
+        model.optimize_for_inference(dtype="fp32")
     assert model.inference_settings.artifact is None
     assert sum("not using the exported artefact" in record.message for record in caplog.records) == 1
 
@@ -235,8 +247,13 @@ def test_benchmarks_time_the_artifact_against_fp32_eager(artifact_format, folder
     (artifact,) = [record for record in records if record["variant"] == "artifact"]
     assert artifact["status"] == "ok" and artifact["text_encoder"] and artifact["speedup_vs_fp32_eager"] > 0
     assert artifact["max_probability_error"] <= MAX_PROBABILITY_ERROR
-    calls = {record["call"] for record in report["paths"] if record["setting"] == "artifact"}
-    assert calls == {"bare_model", "pipeline_given_phrases", "pipeline"}
+    paths = [record for record in report["paths"] if record["setting"] == "artifact"]
+    if artifact_format == "onnx" and native_bf16_reason("cpu")[0]:
+        # The user paths time what the pipeline's default runs: not the fp32 ONNX model where bf16 is native.
+        (skipped,) = paths
+        assert skipped["status"] == "skipped" and "faster bf16 fast path" in skipped["reason"]
+    else:
+        assert {record["call"] for record in paths} == {"bare_model", "pipeline_given_phrases", "pipeline"}
     cold_start = cold_start_seconds(str(exported_dir), "artifact", benchmark.parse_args(run))
     assert cold_start["status"] == "ok", cold_start
     assert cold_start["seconds"] > 0 and cold_start["settings"]["artifact"] == str(
