@@ -3,7 +3,11 @@
 * dtype: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU of compute capability >= 8.0; a CPU
   whose kernels torch runs with AVX-512 and that has `avx512_bf16` or AMX), fp32 elsewhere: without native support
   bf16 is emulated and slower than fp32. Autocast keeps the weights in fp32 and runs softmax, LayerNorm and the losses
-  in fp32; the mask logits come back as fp32.
+  in fp32; the mask logits come back as fp32. Precision: a trained model's logits are large (the demo's up to
+  +-147, sums of |phrase x pixel| products up to 155), so rounding the inputs of any one part to bf16's 8 significant
+  bits moves a logit near 0 by up to ~0.1-0.3, and the probability of a mask-boundary pixel by 1.6e-2 to 2.8e-2 for
+  each part alone, 8.7e-2 for all together (mean 1.7e-4; 1.8e-4 of the mask pixels flip); no part kept in fp32 brings
+  that under 1e-2 (`python -m training.benchmark_precision`). Ask for `dtype="fp32"` where that matters.
 * channels_last weights and inputs: oneDNN's (CPU) and cuDNN's fastest convolutions work in that layout.
 * batch-norm folding: every batch norm that directly follows a convolution (frozen ones and `nn.BatchNorm2d` in eval
   mode) is folded into the convolution's weight and bias, which removes a full pass over each feature map.
