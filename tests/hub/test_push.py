@@ -53,6 +53,7 @@ CHECKPOINT_FILES = [
 ]
 # the EPNG code that push-model adds for trust_remote_code loading
 CODE_FILES = [
+    "aoti_package.py",
     "attention.py",
     "communicator.py",
     "configuration_epng.py",
