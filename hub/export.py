@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
 import time
@@ -141,6 +142,8 @@ def translate_onnx(program: torch.export.ExportedProgram, path: Path, device: st
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ImportError(f"--format onnx needs {error.name}: pip install 'epng[onnx]'") from error
+    # The exporter warns once per torchvision operator when torchvision is missing; EPNG uses none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     onnx_program = torch.onnx.export(
         program,
         input_names=list(ARTIFACT_INPUTS),
