@@ -237,7 +237,7 @@ def export(
     return manifest
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True, help="saved EPNG folder; the artefact is written there")
     parser.add_argument(
@@ -258,6 +258,11 @@ def main(argv=None) -> dict:
         parser.error(str(error))
     print(json.dumps(manifest, indent=2))
     return manifest
+
+
+def main(argv=None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/ablation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -268,6 +268,11 @@ def main(argv=None) -> dict:
     write_atomically(output_dir / "ablation.md", markdown(summary, budget))
     print(markdown(summary, budget))
     return {"summary": summary, "state": state}
+
+
+def main(argv=None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

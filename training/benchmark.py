@@ -385,7 +385,7 @@ def training_measurements(config: EpngConfig, args, device, measure) -> list[dic
     return measure(section_variants("training", model, compiled_model, sizes, train_batch, train_step, args, device))
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     """Run the benchmark; print the tables, write the JSON report if asked, and return the report."""
     args = parse_args(argv)
     if args.threads:
@@ -453,6 +453,11 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=2, default=str)
     return report
+
+
+def main(argv=None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

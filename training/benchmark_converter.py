@@ -157,7 +157,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Speed and peak memory of the PNG converter.")
     parser.add_argument("--root", required=True, help="benchmark root (e.g. from processing.synthetic)")
     parser.add_argument("--splits", nargs="+", default=["train2017"])
@@ -193,6 +193,11 @@ def main(argv=None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report
+
+
+def main(argv=None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

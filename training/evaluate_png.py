@@ -24,7 +24,7 @@ from training.evaluation import GroundingEvalCollator, evaluate_grounding, write
 from training.metrics import format_average_recall_table
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True, help="trained EPNG folder or Hub id (model + processor)")
     parser.add_argument("--dataset_name", required=True, help="converted PNG dataset folder or Hub id")
@@ -90,6 +90,11 @@ def main(argv=None) -> dict:
             write_evaluation_artifacts(accumulator, args.output_dir, args.split)
             Path(args.output_dir, f"{args.split}_results.json").write_text(json.dumps(table, indent=2))
     return table
+
+
+def main(argv=None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
     return parser, args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float | int]]:
+def run(argv: Sequence[str] | None = None) -> dict[str, dict[str, float | int]]:
     """Evaluate, print the table (main process) and write the JSON if asked; return the metrics of every row."""
     parser, args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -348,6 +348,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float | int]]
             output_path.write_text(json.dumps(report, indent=2) + "\n")
             logger.info("wrote %s", output_path)
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ def load_png_dataset(data_args: DataArguments, output_dir: str) -> datasets.Data
     return datasets.load_dataset(data_args.dataset_name)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, EpngTrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
@@ -349,6 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.push_to_hub and trainer.is_world_process_zero():
         trainer.push_to_hub(dataset_name=data_args.dataset_name or "png")
     return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: `run` without its result (a console script exits with what it returns; a dict is 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def export_tiny_model(folder, *options):
     text_config = {**EpngConfig.tiny().text_config.to_dict(), "num_hidden_layers": 1}
     config = EpngConfig.tiny(num_communicator_layers=1, text_config=text_config, text_pooled_layers=1)
     EpngForPanopticNarrativeGrounding(config).save_pretrained(folder)
-    manifest = export.main(["--model_name_or_path", str(folder), "--max_image_size", "256", *options])
+    manifest = export.run(["--model_name_or_path", str(folder), "--max_image_size", "256", *options])
     assert manifest["max_probability_error"] <= MAX_PROBABILITY_ERROR
     return folder
 
@@ -209,7 +209,7 @@ def test_auto_dtype_takes_the_artifact_in_the_dtype_its_export_picked(exported_d
 
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(SystemExit):
-        export.main(["--model_name_or_path", str(tmp_path)])
+        export.run(["--model_name_or_path", str(tmp_path)])
     with pytest.raises(ValueError, match="multiple of 32"):
         export.export(tmp_path, max_image_size=100)
     with pytest.raises(ValueError, match="ONNX artefact is fp32"):
@@ -226,7 +226,7 @@ def test_benchmarks_time_the_artifact_against_fp32_eager(artifact_format, folder
     run = ["--tiny", "--device", "cpu", "--threads", "1", "--batch_sizes", "1", "--iterations", "1", "--warmup", "1"]
     threads = torch.get_num_threads()
     try:
-        benchmark.main(
+        benchmark.run(
             [
                 *run,
                 "--skip_inference",

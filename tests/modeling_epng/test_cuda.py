@@ -116,7 +116,7 @@ def test_benchmark_measures_every_cuda_variant(tmp_path):
     from training import benchmark
 
     path = tmp_path / "report.json"
-    benchmark.main(
+    benchmark.run(
         ["--tiny", "--device", "cuda", "--batch_sizes", "2", "--dtypes", "fp32", "bf16", "--lpa", "explicit", "flex"]
         + ["--compile", "--channels_last", "--training", "--train_batch_sizes", "2"]
         + ["--iterations", "2", "--warmup", "1", "--json", str(path)]

@@ -11,7 +11,7 @@ MINIMAL = ["--train", "4", "--val", "2", "--epochs", "1", "--image_size", "64", 
 
 def test_ablation_runs_writes_json_and_markdown_and_resumes(tmp_path, monkeypatch):
     argv = ["--output_dir", str(tmp_path), "--seeds", "0", "1", "--datasets", "hard", *MINIMAL]
-    result = ablation.main([*argv, "--rows", "LPA Euclidean", "SAL normalised one-way"])
+    result = ablation.run([*argv, "--rows", "LPA Euclidean", "SAL normalised one-way"])
     state = json.loads((tmp_path / "ablation.json").read_text())
     runs = state["results"]["hard"]
     assert set(runs) == {ablation.run_key({}), ablation.run_key({"sal_variant": "reference", "sal_normalize": True})}
@@ -28,9 +28,9 @@ def test_ablation_runs_writes_json_and_markdown_and_resumes(tmp_path, monkeypatc
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(ablation, "train_and_evaluate", fail)
-    ablation.main([*argv, "--rows", "LPA Euclidean"])  # every run is in the JSON: nothing trains
+    ablation.run([*argv, "--rows", "LPA Euclidean"])  # every run is in the JSON: nothing trains
     with pytest.raises(ValueError, match="another budget"):
-        ablation.main([*argv[:-1], "3"])
+        ablation.run([*argv[:-1], "3"])
 
 
 def _run(value):

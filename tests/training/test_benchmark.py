@@ -27,7 +27,7 @@ def report(tmp_path_factory):
     extra += ["--json", str(path)]
     threads = torch.get_num_threads()
     try:
-        benchmark.main(TINY_RUN + extra)
+        benchmark.run(TINY_RUN + extra)
     finally:
         torch.set_num_threads(threads)
     return json.loads(path.read_text())
@@ -180,7 +180,7 @@ def test_cli_rejects_unavailable_cuda_and_bad_sizes():
 def test_save_model_writes_a_folder_the_user_path_section_loads(tmp_path):
     from modeling_epng import EpngForPanopticNarrativeGrounding, EpngProcessor
 
-    assert benchmark.main([*TINY_RUN, "--save_model", str(tmp_path)]) == {}
+    assert benchmark.run([*TINY_RUN, "--save_model", str(tmp_path)]) == {}
     model = EpngForPanopticNarrativeGrounding.from_pretrained(tmp_path)
     assert model.config.hidden_size == EpngConfig.tiny().hidden_size
     assert EpngProcessor.from_pretrained(tmp_path).image_processor.size == {"height": 64, "width": 64}

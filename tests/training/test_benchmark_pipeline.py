@@ -10,7 +10,7 @@ from training.benchmark_pipeline import NARRATIVE, format_pipeline_overhead
 def test_pipeline_section_reports_both_settings(capsys):
     threads = torch.get_num_threads()
     try:
-        report = benchmark.main(
+        report = benchmark.run(
             ["--tiny", "--device", "cpu", "--threads", "1", "--skip_inference", "--warmup", "1"]
             + ["--pipeline", "--pipeline_iterations", "2"]
         )

@@ -14,7 +14,7 @@ from torch import nn
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, EpngImageProcessor, EpngProcessor
 from processing.refer_dataset import convert_refer_to_hf
 from processing.refer_format import ReferReader
-from training.evaluate_res import RANDOM_INIT_ROW, ZERO_SHOT_ROW, evaluate_res, main, random_init_like
+from training.evaluate_res import RANDOM_INIT_ROW, ZERO_SHOT_ROW, evaluate_res, random_init_like, run
 
 IMAGE_SIZES = {1: (10, 20), 2: (12, 8)}  # image_id → (height, width): 200 and 96 pixels
 # ann_id → (image_id, (left, top, right, bottom)) of a rectangle polygon: rows top..bottom-1, columns left..right-1.
@@ -165,7 +165,7 @@ def test_cli_end_to_end_on_refer_files_and_converted_dataset(refer_root, model_d
         "--output_json",
         str(json_path),
     ]
-    rows = main([*argv, "--refer_root", str(refer_root), "--dataset_name", "refcoco"])
+    rows = run([*argv, "--refer_root", str(refer_root), "--dataset_name", "refcoco"])
     table = capsys.readouterr().out
     assert "refcoco testA (5 sentences, threshold 0.3)" in table
     assert "| Model" in table and "mIoU" in table and "P@0.5" in table and ZERO_SHOT_ROW in table
@@ -176,7 +176,7 @@ def test_cli_end_to_end_on_refer_files_and_converted_dataset(refer_root, model_d
 
     # The converted 🤗 dataset gives the same sentences, masks and images, hence the same numbers.
     dataset_dir = convert_refer_to_hf(refer_root, "refcoco", tmp_path / "refcoco_hf", splits=["testA", "testB"])
-    rows_from_dataset = main([*argv, "--dataset_dir", str(dataset_dir)])
+    rows_from_dataset = run([*argv, "--dataset_dir", str(dataset_dir)])
     assert rows_from_dataset[ZERO_SHOT_ROW] == pytest.approx(rows[ZERO_SHOT_ROW])
     check_report(json.loads(json_path.read_text()), 5, [ZERO_SHOT_ROW])
 
@@ -193,7 +193,7 @@ def test_cli_random_init_row_and_max_samples(refer_root, model_dir, tmp_path, ca
         "--split",
         "testA",
     ]
-    main([*argv, "--random_init_row", "--max_samples", "3", "--image_size", "32", "--output_json", str(json_path)])
+    run([*argv, "--random_init_row", "--max_samples", "3", "--image_size", "32", "--output_json", str(json_path)])
     table = capsys.readouterr().out
     assert ZERO_SHOT_ROW in table and RANDOM_INIT_ROW in table
     report = json.loads(json_path.read_text())
@@ -223,18 +223,18 @@ def test_random_init_keeps_only_the_text_encoder(model_dir):
 )
 def test_cli_argument_errors(refer_root, model_dir, capsys, extra_argv, message):
     with pytest.raises(SystemExit):
-        main(["--model_name_or_path", str(model_dir), "--refer_root", str(refer_root), *extra_argv])
+        run(["--model_name_or_path", str(model_dir), "--refer_root", str(refer_root), *extra_argv])
     assert message in capsys.readouterr().err
 
 
 def test_cli_model_errors(refer_root, model_dir, tmp_path, capsys):
     data_argv = ["--refer_root", str(refer_root), "--dataset_name", "refcoco", "--split", "testA"]
     with pytest.raises(SystemExit):
-        main(["--model_name_or_path", str(tmp_path / "missing"), *data_argv])
+        run(["--model_name_or_path", str(tmp_path / "missing"), *data_argv])
     assert "model folder not found" in capsys.readouterr().err
 
     model_only = tmp_path / "model_only"
     EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).save_pretrained(model_only)
     with pytest.raises(SystemExit):
-        main(["--model_name_or_path", str(model_only), *data_argv])
+        run(["--model_name_or_path", str(model_only), *data_argv])
     assert "no EPNG processor files" in capsys.readouterr().err

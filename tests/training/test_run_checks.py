@@ -4,7 +4,7 @@ that train nothing, unknown splits."""
 import pytest
 
 from training.run_checks import check_config_overrides, check_training_length
-from training.run_png import main
+from training.run_png import run
 
 
 def run_args(dataset_dir, config_dir, tokenizer_path, output_dir, *extra):
@@ -51,7 +51,7 @@ def test_main_refuses_before_training(
 ):
     output_dir = tmp_path / "out"
     with pytest.raises(error, match=message):
-        main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, output_dir, "--do_train", *extra))
+        run(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, output_dir, "--do_train", *extra))
     assert not (output_dir / "model.safetensors").exists() and not (output_dir / "config.json").exists()
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.evaluate_png import main as evaluate_png_main
-from training.run_png import main, parse_overrides
+from training.evaluate_png import run as evaluate_png_main
+from training.run_png import parse_overrides, run
 
 REPO = Path(__file__).resolve().parents[2]
 # Short runs whose result should not depend on the paper's epoch-based schedule, and that need no checkpoint.
@@ -69,8 +69,8 @@ def test_short_run_lowers_the_loss_and_evaluates(synthetic_dataset_dir, tiny_con
     base = run_args(
         synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "before", "--do_eval", "--eval_split", "train"
     )
-    before = main(base)
-    after = main(
+    before = run(base)
+    after = run(
         run_args(
             synthetic_dataset_dir,
             tiny_config_dir,
@@ -132,11 +132,11 @@ def test_resume_from_checkpoint_continues_the_same_run(
         "--lr_schedule_epoch_scale",
         "0.2",
     ]
-    main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "full", *common))
+    run(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, tmp_path / "full", *common))
     # an interrupted run: only its step-2 checkpoint survived
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "full" / "checkpoint-2", interrupted / "checkpoint-2")
-    main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, interrupted, *common))
+    run(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, interrupted, *common))
 
     full_state = json.loads((tmp_path / "full" / "checkpoint-4" / "trainer_state.json").read_text())
     resumed_state = json.loads((interrupted / "checkpoint-4" / "trainer_state.json").read_text())
@@ -159,7 +159,7 @@ def test_resume_from_checkpoint_continues_the_same_run(
     weights = broken / "checkpoint-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with caplog.at_level(logging.INFO):
-        main(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, broken, *common))
+        run(run_args(synthetic_dataset_dir, tiny_config_dir, minilm_path, broken, *common))
     assert "Not resuming from" in caplog.text and "model.safetensors is truncated" in caplog.text
     assert "Resuming from checkpoint-2 at step 2" in caplog.text
     recovered = load_file(broken / "model.safetensors")
@@ -173,7 +173,7 @@ def test_two_processes_match_one_process_and_count_each_phrase_once(
 ):
     common = ["--do_train", "--do_eval", "--max_steps", "3", *CONSTANT_LR_NO_CHECKPOINTS]
     single = tmp_path / "single"
-    main(
+    run(
         run_args(
             synthetic_dataset_dir, tiny_config_dir, minilm_path, single, *common, "--per_device_train_batch_size", "4"
         )

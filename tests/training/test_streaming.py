@@ -18,7 +18,7 @@ from transformers import TrainingArguments
 
 from processing.png_dataset import convert
 from training.run_png import DataArguments
-from training.run_png import main as run_png_main
+from training.run_png import run as run_png_main
 from training.streaming import SKIPPED, EpochStream, load_stream, split_size, streamed_splits, streaming_dataloader
 
 REPO = Path(__file__).resolve().parents[2]
