@@ -52,6 +52,7 @@ from modeling_epng.inference import (
     artifact_files,
     machine_fingerprint,
     onnxruntime_version,
+    read_manifest,
     weights_sha256,
     weights_stats,
 )
@@ -156,14 +157,6 @@ def translate_onnx(program: torch.export.ExportedProgram, path: Path, device: st
     entries = {"torch_version": torch.__version__, "device": "cpu", "onnxruntime_version": onnxruntime_version()}
     data_files = [staged.name for staged in path.parent.iterdir() if staged != path]
     return OnnxRuntimeProgram(path), {**entries, "onnx_opset": opset, "data_files": data_files}
-
-
-def read_manifest(model_dir: Path) -> dict:
-    """The manifest of the artefact already in `model_dir` (an empty one where there is none or it is unreadable)."""
-    try:
-        return json.loads((model_dir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def export(

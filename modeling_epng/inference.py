@@ -226,12 +226,12 @@ def optimize_for_inference(
     folded = fold_batch_norms_into_convolutions(model) if fold_batch_norms else 0
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    package, artifact, artifact_dtype = (None, None, None)
+    package, artifact, exported_dtype = (None, None, None)
     if use_artifact:
-        package, artifact, artifact_dtype = load_artifact(model, None if dtype == "auto" else dtype_name)
-    if artifact is not None and artifact_dtype != dtype_name:
+        package, artifact, exported_dtype = load_artifact(model, None if dtype == "auto" else dtype_name)
+    if artifact is not None and exported_dtype != dtype_name:
         reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
-        dtype_name = artifact_dtype
+        dtype_name = exported_dtype
     model.forward = _autocast_forward(model.forward, device.type, DTYPES[dtype_name], channels_last)
     if package is not None:
         model.forward = _artifact_forward(model, package, model.forward)
@@ -329,12 +329,18 @@ def onnx_mismatch(manifest: dict, fingerprint: dict, dtype: str | None) -> str |
     return None
 
 
+def read_manifest(model_dir: str | Path) -> dict:
+    """The manifest of the artefact exported into `model_dir` (an empty one where there is none or it is
+    unreadable)."""
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(Path(model_dir, MANIFEST_FILE).read_text())
+    return {}
+
+
 def artifact_dtype(model_dir: str | Path) -> str:
     """The dtype of the artefact exported into `model_dir` (`"auto"` where there is none): what to ask
     `optimize_for_inference` for to run that artefact whatever `"auto"` would pick."""
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return json.loads(Path(model_dir, MANIFEST_FILE).read_text())["dtype"]
-    return "auto"
+    return read_manifest(model_dir).get("dtype", "auto")
 
 
 def artifact_files(manifest: dict) -> list[str]:
@@ -348,22 +354,28 @@ def find_artifact(model, dtype: str | None) -> tuple[Path | None, str]:
     why not.
 
     The model's folder is `model.name_or_path` (set by `from_pretrained` from a local folder)."""
+    artifact, reason, _ = _match_artifact(model, dtype)
+    return artifact, reason
+
+
+def _match_artifact(model, dtype: str | None) -> tuple[Path | None, str, dict]:
+    """`find_artifact`, with the manifest it read (empty where there was none)."""
     model_dir = Path(str(getattr(model, "name_or_path", "") or ""))
     manifest_path = model_dir / MANIFEST_FILE
     if not str(model_dir) or not manifest_path.is_file():
-        return None, "no exported artefact next to the weights"
+        return None, "no exported artefact next to the weights", {}
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as error:
-        return None, f"unreadable {manifest_path}: {error}"
+        return None, f"unreadable {manifest_path}: {error}", {}
     missing = [name for name in artifact_files(manifest) if not (model_dir / name).is_file()]
     if missing:
-        return None, f"{manifest_path} names {', '.join(missing)}, missing next to it"
+        return None, f"{manifest_path} names {', '.join(missing)}, missing next to it", manifest
     artifact = model_dir / artifact_files(manifest)[0]
     unchanged = manifest.get("weights_stats") == weights_stats(model_dir)
     weights = None if unchanged else weights_sha256(model_dir)
     reason = artifact_mismatch(manifest, machine_fingerprint(model.device), dtype, weights)
-    return (None, reason) if reason else (artifact, "matches this machine")
+    return (None, reason, manifest) if reason else (artifact, "matches this machine", manifest)
 
 
 class OnnxRuntimeProgram:
@@ -420,14 +432,13 @@ def _artifact_forward(model, package, eager_forward):
 def load_artifact(model, dtype: str | None):
     """The matching exported artefact (see `find_artifact`) loaded, as (package, path, dtype), or three Nones; logs
     one line when an artefact exists but cannot be used."""
-    artifact, reason = find_artifact(model, dtype)
+    artifact, reason, manifest = _match_artifact(model, dtype)
     if artifact is None:
         if reason.startswith("no exported artefact"):
             logger.info(f"EPNG: {reason}; running the eager fast path.")
         else:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
         return None, None, None
-    manifest = json.loads((artifact.parent / MANIFEST_FILE).read_text())
     if manifest.get("format") == "onnx":
         return OnnxRuntimeProgram(artifact), str(artifact), manifest["dtype"]
     from .aoti_package import hand_model_weights, load_aoti_package
