@@ -155,6 +155,7 @@ def convert_refer_to_hf(
     split_by: str | None = None,
     rows_per_shard: int = 1000,
     overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> Path:
     """
     Write a refer dataset as a 🤗 dataset folder (parquet shards + README card).
@@ -169,6 +170,8 @@ def convert_refer_to_hf(
         split_by (`str`, *optional*): `unc`, `umd` or `google`; defaults to the dataset's usual one.
         rows_per_shard (`int`, defaults to 1000): rows per parquet file.
         overwrite (`bool`, defaults to `False`): replace an existing `output_dir`.
+        allow_pickle (`bool`, defaults to `False`): load a refs pickle that names Python globals, which are refused
+            by default because unpickling them can run code (see [`~processing.refer_format.load_refs`]).
 
     Returns:
         `Path`: the output folder.
@@ -178,7 +181,7 @@ def convert_refer_to_hf(
     output_dir = Path(output_dir)
     sources = (refer_root, images_dir)
     check_output_dir(output_dir, overwrite, sources)
-    reader = ReferReader(refer_root, dataset, split_by=split_by, images_dir=images_dir)
+    reader = ReferReader(refer_root, dataset, split_by=split_by, images_dir=images_dir, allow_pickle=allow_pickle)
     splits = reader.check_splits(splits if splits is not None else reader.evaluation_splits)
 
     with staged_output_dir(output_dir, overwrite, sources) as staging_dir:
@@ -205,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split_by", default=None, help="unc, umd or google (default: the dataset's usual one)")
     parser.add_argument("--rows_per_shard", type=int, default=1000)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="load a refs pickle that names Python globals (runs code from the file: trusted files only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -217,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             split_by=args.split_by,
             rows_per_shard=args.rows_per_shard,
             overwrite=args.overwrite,
+            allow_pickle=args.allow_pickle,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as error:  # wrong arguments or files: no traceback
         parser.error(str(error))

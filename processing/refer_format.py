@@ -9,6 +9,10 @@ On-disk layout (as distributed with the refer toolkit)::
 A ref is `{ref_id, ann_id, image_id, split, sentences: [{sent, tokens, sent_id}], category_id?, file_name?}`; its
 mask is the segmentation of annotation `ann_id`. Every sentence of a ref is one example (the whole sentence is
 the phrase in EPNG's zero-shot evaluation, paper table 4).
+
+The refs pickle holds only plain values (lists, dicts, strings, numbers), which pickle stores without naming any
+Python global; a pickle runs code only by calling a global it names (`os.system`, `builtins.exec`, whatever a
+`__reduce__` returns). The reader therefore refuses every global unless `allow_pickle=True` says the file is trusted.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -36,6 +40,39 @@ EVALUATION_SPLITS = {
     "refcoco+": ("val", "testA", "testB"),
     "refcocog": ("val", "test"),
 }
+
+
+class ReferPickleError(pickle.UnpicklingError, ValueError):
+    """A refs pickle names a Python global, which the reader does not load unless told the file is trusted."""
+
+
+class _PlainValuesUnpickler(pickle.Unpickler):
+    """Unpickles lists, dicts, strings, numbers and the like, and refuses every global (module attribute)."""
+
+    def __init__(self, file: BinaryIO, path: Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        raise ReferPickleError(
+            f"{self.path} asks to load the Python global {module}.{name}; refused because unpickling a global can "
+            "run arbitrary code (refs files hold only plain values: lists, dicts, strings, numbers). If you trust "
+            "the file, pass allow_pickle=True (--allow_pickle)."
+        )
+
+
+def load_refs(path: str | Path, allow_pickle: bool = False) -> Any:
+    """
+    Unpickle a refs file, refusing any Python global (see [`ReferPickleError`]) unless `allow_pickle` is set.
+
+    Args:
+        path (`str` or `Path`): the `refs(<split_by>).p` file.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Unpickle whatever the file holds, globals included. Pickles can run code: only for trusted files.
+    """
+    path = Path(path)
+    with path.open("rb") as file:
+        return pickle.load(file) if allow_pickle else _PlainValuesUnpickler(file, path).load()
 
 
 def resolve_split_by(dataset: str, split_by: str | None = None) -> str:
@@ -89,8 +126,12 @@ class ReferReader:
         dataset (`str`): `"refcoco"`, `"refcoco+"` or `"refcocog"`.
         split_by (`str`, *optional*): who made the splits; defaults to `unc` (RefCOCO, RefCOCO+) or `umd` (RefCOCOg).
         images_dir (`str` or `Path`, *optional*): folder of the COCO images; defaults to `refer_root/images/train2014`.
+        allow_pickle (`bool`, *optional*, defaults to `False`):
+            Load a refs pickle that names Python globals (see [`load_refs`]). Pickles can run code: only for trusted
+            files.
 
-    The refs pickle is unpickled: open only files you trust.
+    Raises:
+        [`ReferPickleError`]: the refs pickle names a Python global and `allow_pickle` is not set.
     """
 
     def __init__(
@@ -99,6 +140,7 @@ class ReferReader:
         dataset: str,
         split_by: str | None = None,
         images_dir: str | Path | None = None,
+        allow_pickle: bool = False,
     ):
         self.dataset = dataset
         self.split_by = resolve_split_by(dataset, split_by)
@@ -110,8 +152,7 @@ class ReferReader:
         for path, what in ((self.refs_path, "refs pickle"), (self.instances_path, "COCO instances json")):
             if not path.is_file():
                 raise FileNotFoundError(f"{dataset} {what} not found: {path}")
-        with self.refs_path.open("rb") as file:
-            self.refs: list[dict[str, Any]] = pickle.load(file)
+        self.refs: list[dict[str, Any]] = load_refs(self.refs_path, allow_pickle)
         with self.instances_path.open() as file:
             instances = json.load(file)
         self.images = {image["id"]: image for image in instances["images"]}

@@ -244,7 +244,13 @@ def load_examples(args: argparse.Namespace) -> tuple[Callable[[], Any], int]:
             dataset = dataset.select(range(min(args.max_samples, len(dataset))))
         return (lambda: dataset), len(dataset)
 
-    reader = ReferReader(args.refer_root, args.dataset_name, split_by=args.split_by, images_dir=args.images_dir)
+    reader = ReferReader(
+        args.refer_root,
+        args.dataset_name,
+        split_by=args.split_by,
+        images_dir=args.images_dir,
+        allow_pickle=args.allow_pickle,
+    )
     num_examples = reader.num_examples(args.split)
     if args.max_samples is not None:
         num_examples = min(num_examples, args.max_samples)
@@ -274,6 +280,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
     parser.add_argument("--split_by", default=None, help="unc, umd or google (default: the dataset's usual one)")
     parser.add_argument(
         "--images_dir", default=None, help="COCO 2014 train images (default: REFER_ROOT/images/train2014)"
+    )
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="load a refs pickle that names Python globals (runs code from the file: trusted files only)",
     )
     parser.add_argument("--threshold", type=float, default=0.3, help="mask probability threshold (reference: 0.3)")
     parser.add_argument("--image_size", type=int, default=None, help="square input size (default: the processor's)")

@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import shutil
+import sys
+import types
 
 import datasets
 import numpy as np
@@ -13,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from processing.refer_dataset import convert_refer_to_hf, main
-from processing.refer_format import ReferReader, decode_segmentation
+from processing.refer_format import ReferPickleError, ReferReader, decode_segmentation, load_refs
 
 IMAGE_SIZES = {1: (8, 10), 2: (6, 12)}  # image_id → (height, width)
 
@@ -226,3 +228,88 @@ def test_converter_refuses_an_output_overlapping_its_sources(refer_root, tmp_pat
     with pytest.raises(ValueError, match="contains the source"):
         convert_refer_to_hf(refer_root, "refcoco", tmp_path, images_dir=outside_images, overwrite=True)
     assert sorted(images_dir.iterdir()) == before and outside_images.is_dir()
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """A module whose `record` stands in for `os.system` in malicious pickles: calling it only records the call."""
+    module = types.ModuleType("refer_pickle_probe")
+    module.calls = []
+
+    def record(*args):
+        module.calls.append(args)
+        return "ran"
+
+    record.__module__, record.__qualname__ = module.__name__, "record"  # where pickle finds it
+    module.record = record
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module
+
+
+class Reduces:
+    """Pickles as a call of `function(*args)`: what a malicious pickle runs when it is loaded."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def write_refs(refer_root, refs):
+    with (refer_root / "refcoco" / "refs(unc).p").open("wb") as file:
+        pickle.dump(refs, file)
+    return refer_root / "refcoco" / "refs(unc).p"
+
+
+def test_refs_of_plain_values_load_with_every_pickle_protocol(tmp_path):
+    refs = write_refer_fixture(tmp_path / "refer")
+    refs[0]["score"], refs[0]["bbox"], refs[0]["flags"] = 0.5, (1.0, 2.0), [True, None]  # floats, tuples, constants
+    path = tmp_path / "refs.p"
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # the refer toolkit's files are protocol 2 (Python 2)
+        path.write_bytes(pickle.dumps(refs, protocol=protocol))
+        assert load_refs(path) == refs
+
+
+@pytest.mark.parametrize("payload", ["probe", "eval"])
+def test_reader_refuses_a_pickle_that_names_a_global(refer_root, probe, payload):
+    function, refused = (probe.record, "refer_pickle_probe.record") if payload == "probe" else (eval, "builtins.eval")
+    refs = write_refer_fixture(refer_root.parent / "benign")
+    refs[1]["sentences"][0]["sent"] = Reduces(function, "1 + 1")
+    path = write_refs(refer_root, refs)
+    with pytest.raises(ReferPickleError) as raised:
+        ReferReader(refer_root, "refcoco")
+    message = str(raised.value)
+    assert str(path) in message and refused in message and "can run arbitrary code" in message
+    assert "--allow_pickle" in message and isinstance(raised.value, pickle.UnpicklingError)
+    assert probe.calls == []  # refused before anything was called
+
+
+def test_allow_pickle_loads_a_trusted_refs_pickle_with_globals(refer_root):
+    refs = write_refer_fixture(refer_root.parent / "benign")
+    for ref in refs:  # refs written by a numpy-based tool: ids as numpy integers, which pickle names as globals
+        ref["ref_id"], ref["ann_id"] = np.int64(ref["ref_id"]), np.int64(ref["ann_id"])
+    write_refs(refer_root, refs)
+    with pytest.raises(ReferPickleError, match=r"numpy\.\S+"):
+        ReferReader(refer_root, "refcoco")
+    reader = ReferReader(refer_root, "refcoco", allow_pickle=True)
+    assert [example["ref_id"] for example in reader.examples("testA")] == [1, 1, 4]
+
+
+def test_converter_and_cli_refuse_a_malicious_pickle_and_write_nothing(refer_root, probe, tmp_path, capsys):
+    refs = write_refer_fixture(tmp_path / "benign")
+    refs[1]["sentences"][0]["tokens"] = Reduces(probe.record, "echo pwned")
+    write_refs(refer_root, refs)
+    output = tmp_path / "out" / "refcoco_hf"
+    with pytest.raises(ReferPickleError, match=r"refer_pickle_probe\.record"):
+        convert_refer_to_hf(refer_root, "refcoco", output)
+    argv = ["--refer_root", str(refer_root), "--dataset_name", "refcoco", "--output_dir", str(output)]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "refs(unc).p asks to load the Python global refer_pickle_probe" in error and "Traceback" not in error
+    assert not (tmp_path / "out").exists() and probe.calls == []  # no output, staging folder or parent folder
+
+    main([*argv, "--allow_pickle", "--splits", "val"])  # the file's owner vouches for it: the payload runs
+    assert probe.calls == [("echo pwned",)] and (output / "data" / "val-00000-of-00001.parquet").is_file()

@@ -3,6 +3,7 @@ written here (two images, rectangle polygons, a blank sentence) and a tiny EPNG 
 
 import json
 import pickle
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -238,3 +239,19 @@ def test_cli_model_errors(refer_root, model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(["--model_name_or_path", str(model_only), *data_argv])
     assert "no EPNG processor files" in capsys.readouterr().err
+
+
+def test_cli_refuses_refs_naming_globals_unless_allow_pickle(refer_root, model_dir, tmp_path, capsys):
+    trusted_root = shutil.copytree(refer_root, tmp_path / "refer")
+    refs = ReferReader(refer_root, "refcoco").refs
+    for ref in refs:  # ids as numpy integers: pickle names numpy globals for them
+        ref["ref_id"] = np.int64(ref["ref_id"])
+    with (trusted_root / "refcoco" / "refs(unc).p").open("wb") as file:
+        pickle.dump(refs, file)
+    argv = ["--model_name_or_path", str(model_dir), "--refer_root", str(trusted_root), "--dataset_name", "refcoco"]
+    argv += ["--split", "testA", "--max_samples", "2"]
+    with pytest.raises(SystemExit):
+        run(argv)
+    error = capsys.readouterr().err
+    assert "refs(unc).p asks to load the Python global numpy." in error and "--allow_pickle" in error
+    assert run([*argv, "--allow_pickle"])[ZERO_SHOT_ROW]["num_sentences"] == 2
