@@ -233,6 +233,9 @@ def optimize_for_inference(
         reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
         dtype_name = exported_dtype
     model.forward = _autocast_forward(model.forward, device.type, DTYPES[dtype_name], channels_last)
+    # The same autocast around the text encoder run on its own, so that its token features passed back to the
+    # forward give what the forward alone computes.
+    model.get_token_features = _autocast_forward(model.get_token_features, device.type, DTYPES[dtype_name], False)
     if package is not None:
         model.forward = _artifact_forward(model, package, model.forward)
     compile = compile and artifact is None
@@ -406,7 +409,7 @@ class OnnxRuntimeProgram:
 
 def _artifact_forward(model, package, eager_forward):
     """A forward that runs the exported `package` for plain inference calls (pixel values + tokens + phrase ids and
-    mask) and `eager_forward` for everything else (losses, cached phrase features, attentions, tuples)."""
+    mask) and `eager_forward` for everything else (losses, cached phrase or token features, attentions, tuples)."""
     from .modeling_epng import EpngOutput
 
     signature = inspect.signature(eager_forward)
@@ -415,7 +418,7 @@ def _artifact_forward(model, package, eager_forward):
     def artifact_forward(*args, **kwargs):
         arguments = signature.bind(*args, **kwargs).arguments
         covered = all(arguments.get(name) is not None for name in ("input_ids", "phrase_ids", "phrase_mask"))
-        covered &= arguments.get("mask_labels") is None and arguments.get("phrase_features") is None
+        covered &= all(arguments.get(name) is None for name in ("mask_labels", "phrase_features", "token_features"))
         covered &= not arguments.get("output_attentions") and arguments.get("return_dict") is not False
         if not covered:
             return eager_forward(*args, **kwargs)

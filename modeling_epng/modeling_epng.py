@@ -121,6 +121,22 @@ class EpngPhraseEncoder(nn.Module):
         activations = {"relu6": nn.ReLU6(), "relu": nn.ReLU(), "identity": nn.Identity()}
         self.activation = activations[config.text_projection_activation]
 
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) tokens -> (B, T, D_text) token features: the mean of the text encoder's last `text_pooled_layers`
+        hidden states, what the phrases are pooled from."""
+        encoded = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return torch.stack(encoded.hidden_states[-self.pooled_layers :]).mean(dim=0)
+
+    @staticmethod
+    def pool_token_features(token_features: torch.Tensor, phrase_ids: torch.Tensor, num_phrases: int) -> torch.Tensor:
+        """(B, T, D_text) token features + (B, T) phrase index per token (-1 for none) -> (B, P, D_text): the mean
+        over each phrase's tokens, zeros for phrases without tokens."""
+        membership = (phrase_ids[:, :, None] == torch.arange(num_phrases, device=phrase_ids.device)).to(
+            token_features.dtype
+        )
+        sums = torch.einsum("btp,btd->bpd", membership, token_features)
+        return sums / membership.sum(dim=1).clamp(min=1)[:, :, None]
+
     def pool_phrases(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, phrase_ids: torch.Tensor, num_phrases: int
     ) -> torch.Tensor:
@@ -135,13 +151,7 @@ class EpngPhraseEncoder(nn.Module):
             (B, P, D_text): mean over each phrase's tokens of the mean of the last `text_pooled_layers` hidden
             states; zeros for phrases without tokens.
         """
-        encoded = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        token_features = torch.stack(encoded.hidden_states[-self.pooled_layers :]).mean(dim=0)
-        membership = (phrase_ids[:, :, None] == torch.arange(num_phrases, device=phrase_ids.device)).to(
-            token_features.dtype
-        )
-        sums = torch.einsum("btp,btd->bpd", membership, token_features)
-        return sums / membership.sum(dim=1).clamp(min=1)[:, :, None]
+        return self.pool_token_features(self.encode_tokens(input_ids, attention_mask), phrase_ids, num_phrases)
 
     def forward(self, phrase_features: torch.Tensor) -> torch.Tensor:
         """(B, P, D_text) pooled features -> phrase embeddings F_N (B, P, C)."""
@@ -258,6 +268,25 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
 
         return optimize_for_inference(self, dtype, compile, channels_last, fold_batch_norms, use_artifact)
 
+    def get_token_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        """
+        The text encoder's features of every token, from which `forward` pools the phrases: pass them back as
+        `token_features` (with the same `input_ids` and the `phrase_ids`) to skip the text encoder there. This lets
+        the text encoder run before the phrases are known (the pipeline parses the narrative in another process
+        meanwhile); the result equals a plain forward's.
+
+        Args:
+            input_ids, attention_mask (`torch.LongTensor` of shape `(B, T)`): the tokenized narratives.
+
+        Returns:
+            `torch.FloatTensor` of shape `(B, T, D_text)`.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.phrase_encoder.encode_tokens(input_ids, attention_mask)
+
     def upsample_to_mask_stride(self, feature_map: torch.Tensor) -> torch.Tensor:
         """(B, K, H/16, W/16) -> (B, K, H/4, W/4), bilinear."""
         height, width = feature_map.shape[-2:]
@@ -317,6 +346,7 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         phrase_mask: torch.BoolTensor | None = None,
         mask_labels: torch.Tensor | None = None,
         phrase_features: torch.FloatTensor | None = None,
+        token_features: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | list[int] | None = None,
         return_dict: bool | None = None,
@@ -333,6 +363,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
                 the loss.
             phrase_features (`torch.FloatTensor` of shape `(B, P, D_text)`, *optional*): pooled text-encoder
                 features; when given, the text encoder is skipped (cached-feature training).
+            token_features (`torch.FloatTensor` of shape `(B, T, D_text)`, *optional*): the text encoder's features of
+                `input_ids` ([`get_token_features`]); the phrases are pooled from them by `phrase_ids` and the text
+                encoder is skipped.
             output_attentions (`bool`, *optional*): return the LPA probabilities of every communicator layer as
                 `attentions`; defaults to `config.output_attentions`.
             output_hidden_states (`bool` or `list[int]`, *optional*): return the communicator's pixel tokens as
@@ -358,13 +391,20 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         self._check_inputs(
             pixel_values, input_ids, attention_mask, phrase_ids, phrase_mask, phrase_features, mask_labels
         )
+        if phrase_features is None and token_features is not None and token_features.shape[:2] != input_ids.shape:
+            raise ValueError(
+                f"token_features must have shape (B, T, D) with (B, T) = input_ids' {tuple(input_ids.shape)}, "
+                f"got {tuple(token_features.shape)}"
+            )
 
         if phrase_features is None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-                phrase_features = self.phrase_encoder.pool_phrases(
-                    input_ids, attention_mask, phrase_ids, phrase_mask.shape[1]
+                if token_features is None:
+                    token_features = self.phrase_encoder.encode_tokens(input_ids, attention_mask)
+                phrase_features = self.phrase_encoder.pool_token_features(
+                    token_features, phrase_ids, phrase_mask.shape[1]
                 )
         phrase_embeddings = self.phrase_encoder(phrase_features.to(self.phrase_encoder.text_projection.weight.dtype))
 

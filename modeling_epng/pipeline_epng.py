@@ -29,6 +29,7 @@ this package.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,15 @@ from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
+from .phrase_extraction import background_phrase_parser, cached_phrase_spans
 from .processing_epng import resolve_phrase_spans
 
 TASK = "panoptic-narrative-grounding"
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _is_image(value: Any) -> bool:
@@ -73,6 +80,12 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         spacy_model (`str`, *optional*): the installed spaCy English pipeline of the automatic phrases.
         max_length (`int`, *optional*, defaults to 300): narratives are truncated to this many tokens.
         timeout (`float`, *optional*): seconds to wait for an image URL.
+        parse_in_background (`bool`, *optional*): parse a new narrative's automatic phrases in a child process (one
+            per spaCy pipeline, shared by the pipelines of this process) while the text encoder runs here, which hides
+            the parse's few milliseconds on a second core; the masks are the same. It applies to calls of batch size
+            1 without data-loader workers, and to an eager model (not an exported artefact or a compiled forward,
+            which take the phrases as inputs). Defaults to `True` where that applies and this process may use two or
+            more cores. The child loads spaCy meanwhile: until it is ready, narratives are parsed here.
 
     Returns:
         Per narrative, a list with one dict per phrase: `phrase` (`str`, `narrative[start:end]`), `start`, `end`
@@ -94,10 +107,14 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
     def get_inference_context(self):
         return torch.inference_mode
 
-    def _sanitize_parameters(self, threshold=None, spacy_model=None, max_length=None, timeout=None, **kwargs):
+    def _sanitize_parameters(
+        self, threshold=None, spacy_model=None, max_length=None, timeout=None, parse_in_background=None, **kwargs
+    ):
         if kwargs:
             raise TypeError(f"Unknown arguments of the {TASK} pipeline: {sorted(kwargs)}")
         preprocess_params, postprocess_params = {}, {}
+        if parse_in_background is not None:
+            preprocess_params["parse_in_background"] = bool(parse_in_background)
         if spacy_model is not None:
             preprocess_params["spacy_model"] = spacy_model
         if max_length is not None:
@@ -112,6 +129,10 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
 
     def __call__(self, images, narratives=None, phrases="auto", **kwargs):
         """Ground one `(image, narrative)` pair or a list of them (see the class docstring)."""
+        batch_size = kwargs.get("batch_size") or self._batch_size or 1
+        num_workers = kwargs.get("num_workers") or self._num_workers or 0
+        if batch_size > 1 or num_workers > 0 or not self._runs_eager():
+            kwargs["parse_in_background"] = False  # the phrases must be known when the batch is collated
         single = narratives is not None and isinstance(narratives, str)
         if single:
             return super().__call__({"image": images, "narrative": narratives, "phrases": phrases}, **kwargs)
@@ -142,14 +163,38 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
                 raise ValueError(f"Input {index} is not an (image, narrative) pair nor a dict: {type(pair).__name__}")
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, inputs: dict, spacy_model=None, max_length=300, timeout=None) -> dict:
+    def _runs_eager(self) -> bool:
+        """Whether the model's forward runs eagerly, so that it takes token features computed ahead."""
+        settings = getattr(self.model, "inference_settings", None)
+        return settings is None or (settings.artifact is None and not settings.compiled)
+
+    def preprocess(
+        self, inputs: dict, spacy_model=None, max_length=300, timeout=None, parse_in_background=None
+    ) -> dict:
         narrative = inputs.get("narrative")
         if not isinstance(narrative, str) or not narrative.strip():
             raise ValueError(f"The narrative must be a non-empty string, got {narrative!r}")
+        phrases = inputs.get("phrases", "auto")
+        pending = None
+        if isinstance(phrases, str) and phrases == "auto" and cached_phrase_spans(narrative, spacy_model) is None:
+            if parse_in_background is None:
+                parse_in_background = _usable_cores() > 1
+            if parse_in_background:
+                pending = background_phrase_parser(spacy_model).submit(narrative)
         image = inputs.get("image")
         if isinstance(image, str):
             image = load_image(image, timeout=timeout)
-        phrases = inputs.get("phrases", "auto")
+        if pending is not None:
+            encoded = self.processor(images=image, text=narrative, max_length=max_length, return_original_sizes=True)
+            return {
+                "pixel_values": encoded["pixel_values"],
+                "input_ids": encoded["input_ids"],
+                "attention_mask": encoded["attention_mask"],
+                "original_size": tuple(int(side) for side in encoded["original_sizes"][0]),
+                "narrative": narrative,
+                "pending_spans": pending,
+                "max_length": max_length,
+            }
         if not isinstance(phrases, str):
             phrases = resolve_phrase_spans(narrative, phrases)
         encoded = self.processor(
@@ -174,6 +219,19 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         }
 
     def _forward(self, model_inputs: dict) -> dict:
+        token_features = None
+        if "pending_spans" in model_inputs:  # the narrative is being parsed in the child process meanwhile
+            token_features = self.model.get_token_features(model_inputs["input_ids"], model_inputs["attention_mask"])
+            spans = model_inputs["pending_spans"].result()
+            encoded = self.processor(
+                text=model_inputs["narrative"], phrases=spans, max_length=model_inputs["max_length"]
+            )
+            model_inputs = {
+                **model_inputs,
+                "token_phrase_slots": encoded["phrase_ids"].to(self.device) + 1,
+                "phrase_mask": encoded["phrase_mask"].to(self.device),
+                "spans": [tuple(span) for span in spans],
+            }
         phrase_mask = model_inputs["phrase_mask"]
         passthrough = {key: model_inputs[key] for key in ("original_size", "narrative", "spans")}
         if phrase_mask.shape[1] == 0:  # no phrase in any narrative of the batch
@@ -186,6 +244,7 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
             attention_mask=model_inputs["attention_mask"],
             phrase_ids=model_inputs["token_phrase_slots"] - 1,
             phrase_mask=phrase_mask,
+            token_features=token_features,
         )
         return {"mask_logits": outputs.mask_logits, "phrase_mask": phrase_mask, **passthrough}
 

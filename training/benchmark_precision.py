@@ -41,7 +41,9 @@ def part_calls(model: EpngForPanopticNarrativeGrounding, part: str) -> list[tupl
         "head": [],
     }[part]
     calls = [(module, "forward") for module in modules]
-    return [(model.phrase_encoder, "pool_phrases")] if part == "text encoder" else calls
+    if part == "text encoder":
+        return [(model.phrase_encoder, "encode_tokens"), (model.phrase_encoder, "pool_token_features")]
+    return calls
 
 
 def _floats(value, dtype):

@@ -65,7 +65,8 @@ def ground(
         device=device or "cpu",
         optimize=optimize,
     )
-    call_options = {"threshold": threshold, "spacy_model": spacy_model}
+    # One narrative: a child process to parse it would still be loading spaCy when it is parsed here.
+    call_options = {"threshold": threshold, "spacy_model": spacy_model, "parse_in_background": False}
     results = grounder(image, narrative, phrases=list(phrases) if phrases else "auto", **call_options)
     return image, results
 

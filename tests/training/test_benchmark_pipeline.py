@@ -26,12 +26,15 @@ def test_pipeline_section_reports_both_settings(capsys):
         for name in (
             "bare_forward",
             "pipeline",
+            "pipeline_background_parse",
             "pipeline_repeated_narrative",
             "pipeline_given_phrases",
             "phrase_parsing",
         ):
             assert len(record["latencies_ms"][name]) == 2 and record[f"{name}_ms"] > 0
         assert record["overhead"] == record["pipeline_ms"] / record["bare_forward_ms"] - 1
+        background = record["pipeline_background_parse_ms"] / record["bare_forward_ms"] - 1
+        assert record["overhead_background_parse"] == background
     printed = capsys.readouterr().out
     for line in format_pipeline_overhead(records):
         assert line in printed

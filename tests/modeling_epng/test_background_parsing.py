@@ -1,0 +1,153 @@
+"""Automatic phrases parsed in a child process while the text encoder runs: same spans, same masks, fallbacks."""
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from app_testing import save_tiny_model
+from transformers import pipeline
+
+from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
+from modeling_epng.phrase_extraction import (
+    BackgroundPhraseParser,
+    background_phrase_parser,
+    clear_phrase_cache,
+    extract_phrase_spans,
+)
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "localized_narratives.json"
+
+
+def narratives():
+    return [entry["narrative"] for entry in json.loads(FIXTURE.read_text())["narratives"]]
+
+
+@pytest.fixture
+def parser():
+    parser = background_phrase_parser()
+    assert parser.wait_until_ready(timeout=120), "the child process did not load spaCy"
+    return parser
+
+
+def test_child_finds_the_spans_of_the_process(parser):
+    for text in narratives():
+        clear_phrase_cache()
+        pending = parser.submit(text)
+        assert pending is not None
+        assert pending.result() == extract_phrase_spans(text)
+
+
+def test_concurrent_submissions_get_their_own_spans(parser):
+    texts = narratives()[:6]
+    expected = {text: extract_phrase_spans(text) for text in texts}
+    results, errors = {}, []
+
+    def ground(text):
+        try:
+            results[text] = parser.submit(text).result()
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=ground, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and results == expected
+
+
+def test_a_pipeline_that_cannot_be_loaded_leaves_the_parse_to_the_process():
+    parser = BackgroundPhraseParser("no_such_spacy_pipeline")
+    try:
+        assert not parser.wait_until_ready(timeout=120)
+        assert parser.submit("a dog on the grass") is None
+    finally:
+        parser.close()
+    with pytest.raises(OSError, match="no_such_spacy_pipeline"):
+        extract_phrase_spans("a dog on the grass", "no_such_spacy_pipeline")
+
+
+def test_a_dead_child_falls_back_and_is_replaced(parser):
+    text = " ".join(narratives()[:4])
+    clear_phrase_cache()
+    pending = parser.submit(text)
+    parser._process.kill()
+    assert pending.result() == extract_phrase_spans(text)  # answered by the child or, after its death, here
+    parser._process.wait()
+    for _ in range(100):
+        if parser.submit(text) is None:
+            break
+        threading.Event().wait(0.05)
+    assert not parser.ready
+    replacement = background_phrase_parser()
+    assert replacement is not parser and replacement.wait_until_ready(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory, minilm_path):
+    return save_tiny_model(tmp_path_factory.mktemp("background") / "epng-tiny", minilm_path)
+
+
+def _count_calls(model):
+    calls = []
+    get_token_features = model.get_token_features
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return get_token_features(*args, **kwargs)
+
+    model.get_token_features = counted
+    return calls
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_pipeline_masks_equal_those_of_a_parse_in_process(model_folder, parser, optimize):
+    grounder = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu", optimize=optimize)
+    calls = _count_calls(grounder.model)
+    image = np.random.default_rng(3).integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
+    for text in narratives()[:3]:
+        clear_phrase_cache()
+        background = grounder(image, text, parse_in_background=True)
+        clear_phrase_cache()
+        in_process = grounder(image, text, parse_in_background=False)
+        assert [(r["start"], r["end"], r["score"]) for r in background] == [
+            (r["start"], r["end"], r["score"]) for r in in_process
+        ]
+        for ours, theirs in zip(background, in_process, strict=True):
+            np.testing.assert_array_equal(np.asarray(ours["mask"]), np.asarray(theirs["mask"]))
+    assert len(calls) == 3  # the background path ran, once per narrative
+
+
+def test_batches_parse_in_process(model_folder, parser):
+    grounder = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu")
+    calls = _count_calls(grounder.model)
+    image = np.random.default_rng(4).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    texts = narratives()[3:5]
+    clear_phrase_cache()
+    batched = grounder([(image, text) for text in texts], batch_size=2, parse_in_background=True)
+    assert not calls
+    assert [[(r["start"], r["end"]) for r in result] for result in batched] == [
+        extract_phrase_spans(text) for text in texts
+    ]
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_forward_from_token_features_equals_the_plain_forward(optimize):
+    torch.manual_seed(0)
+    model = EpngForPanopticNarrativeGrounding(EpngConfig.tiny()).eval()
+    if optimize:
+        model.optimize_for_inference(dtype="bf16")
+    input_ids = torch.randint(1, 100, (2, 9))
+    phrase_ids = torch.tensor([[-1, 0, 0, 1, -1, 2, 2, 2, -1], [-1, 1, 1, 0, 0, -1, -1, -1, -1]])
+    inputs = {"pixel_values": torch.randn(2, 3, 64, 64), "input_ids": input_ids, "phrase_ids": phrase_ids}
+    with torch.inference_mode():
+        plain = model(**inputs).mask_logits
+        token_features = model.get_token_features(input_ids)
+        from_features = model(**inputs, token_features=token_features).mask_logits
+        with pytest.raises(ValueError, match="token_features must have shape"):
+            model(**inputs, token_features=token_features[:, :5])
+    assert token_features.shape[:2] == input_ids.shape
+    torch.testing.assert_close(from_features, plain, rtol=0, atol=0)
