@@ -342,16 +342,22 @@ class BackgroundPhraseParser:
             "module._serve(sys.argv[2] or None)"
         )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", bootstrap, __file__, spacy_model or ""],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            text=True,
-            encoding="utf-8",
-            bufsize=1,
-        )
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", bootstrap, __file__, spacy_model or ""],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                text=True,
+                encoding="utf-8",
+                bufsize=1,
+            )
+        except OSError:  # no Python to start (an embedding host): parse in this process
+            self._process = None
+            self._alive = False
+            self._ready.set()
+            return
         threading.Thread(target=self._read_responses, name="epng-phrase-parser", daemon=True).start()
 
     @property
@@ -407,13 +413,15 @@ class BackgroundPhraseParser:
             future.set_exception(RuntimeError("the phrase parser process ended"))
 
     @property
-    def pid(self) -> int:
+    def pid(self) -> int | None:
         """The child's process id (e.g. to give it a core of its own with `os.sched_setaffinity`)."""
-        return self._process.pid
+        return None if self._process is None else self._process.pid
 
     def close(self) -> None:
         """End the child process (at once: it holds nothing but the loaded pipeline)."""
         self._alive = False
+        if self._process is None:
+            return
         with contextlib.suppress(OSError, ValueError):
             self._process.stdin.close()
         if self._process.poll() is None:

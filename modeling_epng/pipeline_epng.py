@@ -256,7 +256,7 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         logits = model_outputs["mask_logits"][0, : len(spans)][kept]
         grounding = self.processor.post_process_image_grounding(logits, model_outputs["original_size"], threshold)
         kept_spans = [span for span, keep in zip(spans, kept.tolist(), strict=True) if keep]
-        masks = (grounding["masks"].to(torch.uint8) * 255).cpu().numpy()  # 2-D uint8 slices: PIL mode "L"
+        masks = (grounding["masks"].view(torch.uint8) * 255).cpu().numpy()  # 2-D uint8 slices: PIL mode "L"
         scores = grounding["scores"].tolist()
         results = []
         for (start, end), mask, score in zip(kept_spans, masks, scores, strict=True):

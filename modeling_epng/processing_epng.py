@@ -413,7 +413,8 @@ class EpngProcessor(ProcessorMixin):
         probabilities = mask_logits.detach().float().sigmoid()
         threshold = self.mask_threshold if threshold is None else threshold
         # The float32 just below the threshold: `p >= threshold` (compared in float32) is `p > below`, which lets
-        # `threshold_` zero the probabilities outside the mask in place, in one pass, for the scores.
+        # `threshold_` zero the probabilities outside the mask in place, in one pass; what it keeps is >= threshold > 0,
+        # so the mask is what is non-zero (a cast to bool, several times faster than comparing again).
         below = torch.nextafter(torch.tensor(threshold, dtype=torch.float32), torch.tensor(-1.0)).item()
         num_phrases = probabilities.shape[0]
         masks = torch.empty((num_phrases, height, width), dtype=torch.bool, device=probabilities.device)
@@ -424,8 +425,9 @@ class EpngProcessor(ProcessorMixin):
             resized = F.interpolate(
                 probabilities[None, start:end], size=(height, width), mode="bilinear", align_corners=False
             )[0]
-            chunk_masks = torch.ge(resized, threshold, out=masks[start:end])
-            inside = F.threshold_(resized, below, 0.0).sum(dim=(1, 2))
+            inside = F.threshold_(resized, below, 0.0)
+            chunk_masks = masks[start:end].copy_(inside)
+            inside = inside.sum(dim=(1, 2))
             # Counting through a uint8 view: a bool sum would first widen every pixel to int64.
             counts = chunk_masks.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
             scores[start:end] = inside / counts.clamp(min=1)

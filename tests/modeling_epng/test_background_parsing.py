@@ -70,6 +70,14 @@ def test_a_pipeline_that_cannot_be_loaded_leaves_the_parse_to_the_process():
         extract_phrase_spans("a dog on the grass", "no_such_spacy_pipeline")
 
 
+def test_no_python_to_start_leaves_the_parse_to_the_process(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-python"))
+    parser = BackgroundPhraseParser()
+    assert not parser.wait_until_ready(timeout=1) and parser.pid is None
+    assert parser.submit("a dog") is None
+    parser.close()
+
+
 def test_a_dead_child_falls_back_and_is_replaced(parser):
     text = " ".join(narratives()[:4])
     clear_phrase_cache()
