@@ -331,6 +331,7 @@ class BackgroundPhraseParser:
         self.spacy_model = spacy_model
         self._ready = threading.Event()
         self._alive = True
+        self.loaded = False  # the child loaded its pipeline (it may have died since)
         self._futures: dict[int, Future] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -394,6 +395,7 @@ class BackgroundPhraseParser:
             except ValueError:
                 continue  # not ours: something the pipeline's loading printed
             if message.get("ready"):
+                self.loaded = True
                 self._ready.set()
             elif "error" in message and "id" not in message:
                 break  # the pipeline could not be loaded
@@ -438,11 +440,11 @@ _background_parsers_lock = threading.Lock()
 
 
 def background_phrase_parser(spacy_model: str | None = None) -> BackgroundPhraseParser:
-    """The process-wide [`BackgroundPhraseParser`] of `spacy_model`, started at the first call (and again after its
-    child died)."""
+    """The process-wide [`BackgroundPhraseParser`] of `spacy_model`, started at the first call, and again if its child
+    died after loading the pipeline (not if it could not load it: every call would start a child in vain)."""
     with _background_parsers_lock:
         parser = _background_parsers.get(spacy_model)
-        if parser is None or not parser._alive:
+        if parser is None or (parser.loaded and not parser._alive):
             parser = _background_parsers[spacy_model] = BackgroundPhraseParser(spacy_model)
         return parser
 

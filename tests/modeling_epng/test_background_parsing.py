@@ -60,12 +60,10 @@ def test_concurrent_submissions_get_their_own_spans(parser):
 
 
 def test_a_pipeline_that_cannot_be_loaded_leaves_the_parse_to_the_process():
-    parser = BackgroundPhraseParser("no_such_spacy_pipeline")
-    try:
-        assert not parser.wait_until_ready(timeout=120)
-        assert parser.submit("a dog on the grass") is None
-    finally:
-        parser.close()
+    parser = background_phrase_parser("no_such_spacy_pipeline")
+    assert not parser.wait_until_ready(timeout=120) and not parser.loaded
+    assert parser.submit("a dog on the grass") is None
+    assert background_phrase_parser("no_such_spacy_pipeline") is parser  # not started again in vain
     with pytest.raises(OSError, match="no_such_spacy_pipeline"):
         extract_phrase_spans("a dog on the grass", "no_such_spacy_pipeline")
 
