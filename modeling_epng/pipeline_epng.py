@@ -132,7 +132,9 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         batch_size = kwargs.get("batch_size") or self._batch_size or 1
         num_workers = kwargs.get("num_workers") or self._num_workers or 0
         if batch_size > 1 or num_workers > 0 or not self._runs_eager():
-            kwargs["parse_in_background"] = False  # the phrases must be known when the batch is collated
+            # A batch is collated before its forward, data-loader workers cannot share the child, and an artefact or
+            # a compiled forward takes the phrase ids as inputs: the phrases must be known first.
+            kwargs["parse_in_background"] = False
         single = narratives is not None and isinstance(narratives, str)
         if single:
             return super().__call__({"image": images, "narrative": narratives, "phrases": phrases}, **kwargs)
