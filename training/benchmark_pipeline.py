@@ -102,7 +102,8 @@ def pipeline_overhead(
     """
     from transformers import pipeline
 
-    from modeling_epng.phrase_extraction import background_phrase_parser, extract_phrase_spans
+    from modeling_epng.background_parsing import background_phrase_parser
+    from modeling_epng.phrase_extraction import extract_phrase_spans
     from modeling_epng.pipeline_epng import TASK
 
     tokenizer_path = offline_text_encoder_path(tokenizer_path)

@@ -11,12 +11,8 @@ from app_testing import save_tiny_model
 from transformers import pipeline
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
-from modeling_epng.phrase_extraction import (
-    BackgroundPhraseParser,
-    background_phrase_parser,
-    clear_phrase_cache,
-    extract_phrase_spans,
-)
+from modeling_epng.background_parsing import BackgroundPhraseParser, background_phrase_parser
+from modeling_epng.phrase_extraction import clear_phrase_cache, extract_phrase_spans
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "localized_narratives.json"
 
