@@ -55,6 +55,7 @@ CHECKPOINT_FILES = [
 CODE_FILES = [
     "aoti_package.py",
     "attention.py",
+    "background_parsing.py",
     "communicator.py",
     "configuration_epng.py",
     "image_processing_epng.py",
