@@ -72,7 +72,39 @@ def load_refs(path: str | Path, allow_pickle: bool = False) -> Any:
     """
     path = Path(path)
     with path.open("rb") as file:
-        return pickle.load(file) if allow_pickle else _PlainValuesUnpickler(file, path).load()
+        try:
+            return pickle.load(file) if allow_pickle else _PlainValuesUnpickler(file, path).load()
+        except ReferPickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+            raise ValueError(f"{path} is not a readable pickle (truncated or corrupt?): {error}") from error
+
+
+REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+SENTENCE_KEYS = ("sent_id", "sent")
+
+
+def check_refs(refs: Any, path: str | Path) -> list[dict[str, Any]]:
+    """
+    Check that unpickled refs have the refer format's shape: a list of dicts, each with `REF_KEYS`, whose
+    `sentences` are dicts with `SENTENCE_KEYS`. Raises a `ValueError` naming the file, the ref and what is missing,
+    instead of a `KeyError` halfway through a conversion.
+    """
+    if not isinstance(refs, list):
+        raise ValueError(f"{path} holds a {type(refs).__name__}, not the list of refs of the refer format")
+    for index, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            raise ValueError(f"{path}: ref {index} is a {type(ref).__name__}, not a dict")
+        missing = [key for key in REF_KEYS if key not in ref]
+        if missing:
+            raise ValueError(f"{path}: ref {index} (ref_id {ref.get('ref_id')!r}) has no {', '.join(missing)}")
+        if not isinstance(ref["sentences"], list):
+            raise ValueError(f"{path}: the sentences of ref {ref['ref_id']!r} are not a list")
+        for sentence in ref["sentences"]:
+            absent = [key for key in SENTENCE_KEYS if not isinstance(sentence, dict) or key not in sentence]
+            if absent:
+                raise ValueError(f"{path}: a sentence of ref {ref['ref_id']!r} has no {', '.join(absent)}")
+    return refs
 
 
 def resolve_split_by(dataset: str, split_by: str | None = None) -> str:
@@ -152,7 +184,7 @@ class ReferReader:
         for path, what in ((self.refs_path, "refs pickle"), (self.instances_path, "COCO instances json")):
             if not path.is_file():
                 raise FileNotFoundError(f"{dataset} {what} not found: {path}")
-        self.refs: list[dict[str, Any]] = load_refs(self.refs_path, allow_pickle)
+        self.refs: list[dict[str, Any]] = check_refs(load_refs(self.refs_path, allow_pickle), self.refs_path)
         with self.instances_path.open() as file:
             instances = json.load(file)
         self.images = {image["id"]: image for image in instances["images"]}

@@ -313,3 +313,31 @@ def test_converter_and_cli_refuse_a_malicious_pickle_and_write_nothing(refer_roo
 
     main([*argv, "--allow_pickle", "--splits", "val"])  # the file's owner vouches for it: the payload runs
     assert probe.calls == [("echo pwned",)] and (output / "data" / "val-00000-of-00001.parquet").is_file()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda refs: {"refs": refs}, "holds a dict, not the list of refs"),
+        (lambda refs: [*refs[:1], "ref"], "ref 1 is a str, not a dict"),
+        (lambda refs: [{key: value for key, value in ref.items() if key != "ann_id"} for ref in refs], "has no ann_id"),
+        (lambda refs: [{**refs[0], "sentences": [{"sent_id": 1}]}], "has no sent"),
+    ],
+)
+def test_reader_names_what_a_malformed_refs_pickle_lacks(refer_root, tmp_path, capsys, damage, message):
+    write_refs(refer_root, damage(write_refer_fixture(tmp_path / "benign")))
+    with pytest.raises(ValueError, match=message) as raised:
+        ReferReader(refer_root, "refcoco")
+    assert "refs(unc).p" in str(raised.value)
+    output = tmp_path / "out" / "refcoco_hf"
+    with pytest.raises(SystemExit) as exited:
+        main(["--refer_root", str(refer_root), "--dataset_name", "refcoco", "--output_dir", str(output)])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reader_names_a_truncated_refs_pickle(refer_root, tmp_path):
+    path = write_refs(refer_root, write_refer_fixture(tmp_path / "benign"))
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"refs\(unc\)\.p is not a readable pickle \(truncated or corrupt\?\)"):
+        ReferReader(refer_root, "refcoco")
