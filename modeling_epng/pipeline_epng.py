@@ -187,39 +187,33 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         image = inputs.get("image")
         if isinstance(image, str):
             image = load_image(image, timeout=timeout)
-        if pending is not None:
-            encoded = self.processor(images=image, text=narrative, max_length=max_length, return_original_sizes=True)
-            return {
-                "pixel_values": encoded["pixel_values"],
-                "input_ids": encoded["input_ids"],
-                "attention_mask": encoded["attention_mask"],
-                "original_size": tuple(int(side) for side in encoded["original_sizes"][0]),
-                "narrative": narrative,
-                "pending_spans": pending,
-                "max_length": max_length,
-            }
         if not isinstance(phrases, str):
             phrases = resolve_phrase_spans(narrative, phrases)
         encoded = self.processor(
             images=image,
             text=narrative,
-            phrases=phrases,
+            phrases=None if pending is not None else phrases,
             max_length=max_length,
             return_original_sizes=True,
             spacy_model=spacy_model,
         )
-        spans = encoded["phrase_spans"][0] if isinstance(phrases, str) else phrases
-        return {
+        model_inputs = {
             "pixel_values": encoded["pixel_values"],
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
-            # Batching pads every tensor with zeros, so tokens carry phrase index + 1 here: 0 means "no phrase".
-            "token_phrase_slots": encoded["phrase_ids"] + 1,
-            "phrase_mask": encoded["phrase_mask"],
             "original_size": tuple(int(side) for side in encoded["original_sizes"][0]),
             "narrative": narrative,
-            "spans": [tuple(span) for span in spans],
         }
+        if pending is not None:  # the phrase inputs are made in `_forward`, once the child has parsed the narrative
+            return {**model_inputs, "pending_spans": pending, "max_length": max_length}
+        spans = encoded["phrase_spans"][0] if isinstance(phrases, str) else phrases
+        return {**model_inputs, **self._phrase_inputs(encoded), "spans": [tuple(span) for span in spans]}
+
+    @staticmethod
+    def _phrase_inputs(encoded) -> dict:
+        """The processor's phrase ids and mask as the pipeline passes them on. Batching pads every tensor with zeros,
+        so tokens carry phrase index + 1 here: 0 means "no phrase"."""
+        return {"token_phrase_slots": encoded["phrase_ids"] + 1, "phrase_mask": encoded["phrase_mask"]}
 
     def _forward(self, model_inputs: dict) -> dict:
         token_features = None
@@ -229,12 +223,8 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
             encoded = self.processor(
                 text=model_inputs["narrative"], phrases=spans, max_length=model_inputs["max_length"]
             )
-            model_inputs = {
-                **model_inputs,
-                "token_phrase_slots": encoded["phrase_ids"].to(self.device) + 1,
-                "phrase_mask": encoded["phrase_mask"].to(self.device),
-                "spans": [tuple(span) for span in spans],
-            }
+            phrase_inputs = {key: value.to(self.device) for key, value in self._phrase_inputs(encoded).items()}
+            model_inputs = {**model_inputs, **phrase_inputs, "spans": [tuple(span) for span in spans]}
         phrase_mask = model_inputs["phrase_mask"]
         passthrough = {key: model_inputs[key] for key in ("original_size", "narrative", "spans")}
         if phrase_mask.shape[1] == 0:  # no phrase in any narrative of the batch
