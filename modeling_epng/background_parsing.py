@@ -17,7 +17,8 @@ computes (the pipeline runs the text encoder meanwhile).
 A thread would not overlap: spaCy holds the GIL for most of a parse and the model's Python code needs it too, so the
 two take turns (measured on 2 cores: a parse in a thread added its whole 7.5 ms to a concurrent 16 ms text-encoder
 forward; in a child process, nothing). The child runs `phrase_extraction.serve_phrase_requests`, loading that file by
-path, so it finds it also where this package is a copy (a Hub repo's remote code).
+path, so it finds it also where this package is a copy (a Hub repo's remote code). This file, too, imports only the
+standard library at the top, so that `epng-ground` loads it by path and starts the child before it imports torch.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-from .phrase_extraction import cache_phrase_spans, extract_phrase_spans
-
 PHRASE_EXTRACTION_FILE = Path(__file__).with_name("phrase_extraction.py")
 
 
@@ -47,11 +46,20 @@ class PendingPhraseSpans:
     def result(self) -> list[tuple[int, int]]:
         """The spans, as `extract_phrase_spans` gives them (and now cached). Should the child fail, the narrative is
         parsed here instead, which raises the error, if any."""
+        from .phrase_extraction import cache_phrase_spans, extract_phrase_spans
+
+        spans = self.child_spans()
+        if spans is None:
+            return extract_phrase_spans(self.text, self.spacy_model)
+        return list(cache_phrase_spans(self.text, self.spacy_model, spans))
+
+    def child_spans(self) -> list[tuple[int, int]] | None:
+        """The spans the child found, or `None` should it fail (nothing is parsed here, nothing cached)."""
         try:
             spans = self._future.result(timeout=BackgroundPhraseParser.timeout)
         except Exception:
-            return extract_phrase_spans(self.text, self.spacy_model)
-        return list(cache_phrase_spans(self.text, self.spacy_model, spans))
+            return None
+        return [(int(start), int(end)) for start, end in spans]
 
 
 class BackgroundPhraseParser:
@@ -77,9 +85,12 @@ class BackgroundPhraseParser:
         self._ids = itertools.count()
         self._lock = threading.Lock()
         # The file is run by path, so the child finds it also where this package is a copy (a Hub repo's remote
-        # code); one BLAS thread each, as the parse is meant for one spare core.
+        # code); one BLAS thread each, as the parse is meant for one spare core. For the default (small) pipelines,
+        # which do not use torch, torch is kept out: thinc imports it where it is installed, 1.5-2 s of a fresh
+        # child's 3 s start on a 2-core AMD EPYC.
         bootstrap = (
-            "import importlib.util, sys; spec = importlib.util.spec_from_file_location('epng_phrase_worker', "
+            "import importlib.util, sys; sys.argv[2] or sys.modules.setdefault('torch', None); "
+            "spec = importlib.util.spec_from_file_location('epng_phrase_worker', "
             "sys.argv[1]); module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
             "module.serve_phrase_requests(sys.argv[2] or None)"
         )

@@ -1,6 +1,7 @@
 """Cold start of EPNG inference: process start -> first mask, in a fresh Python process per variant.
 
     python -m training.benchmark_cold_start --model_name_or_path DIR --variant artifact [--image_size 640]
+    python -m training.benchmark_cold_start --model_name_or_path DIR --variant ground --threads 1 --runs 3
 
 The child process imports the package, loads DIR with `from_pretrained`, prepares the variant (`eager`: nothing;
 `fast_path`: `optimize_for_inference(use_artifact=False)`; `compiled`: the same with `compile=True`; `artifact`:
@@ -11,8 +12,8 @@ compilation all count.
 
 The `ground` variant is what a user runs: the `epng-ground` command (`python -m training.ground`) on a 640 x 480
 photo-sized JPEG and a narrative of six noun phrases, found by spaCy, with its defaults (the fast path, and the
-artefact when one next to the weights matches). It is timed from process start to exit, so its overlay drawn and
-and JSON written count too.
+artefact when one next to the weights matches). It is timed from process start to exit, so its overlay drawn
+and JSON written count too. `--variant ground` runs it `--runs` times and prints one line per run.
 """
 
 from __future__ import annotations
@@ -101,12 +102,17 @@ def format_cold_start(record: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--variant", choices=(*VARIANTS, GROUND_VARIANT), required=True)
     parser.add_argument("--image_size", type=int, default=640)
     parser.add_argument("--num_phrases", type=int, default=20)
     parser.add_argument("--num_tokens", type=int, default=250)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--runs", type=int, default=1, help="with --variant ground: how many commands to time")
     args = parser.parse_args(argv)
+    if args.variant == GROUND_VARIANT:
+        for _ in range(args.runs):
+            print(format_cold_start(ground_cold_start_seconds(args.model_name_or_path, args)), flush=True)
+        return
     stages = {}
     import torch
 

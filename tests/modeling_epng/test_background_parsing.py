@@ -36,6 +36,13 @@ def test_child_finds_the_spans_of_the_process(parser):
         assert pending.result() == extract_phrase_spans(text)
 
 
+def test_the_child_of_the_default_pipelines_leaves_torch_out(parser):
+    maps = Path(f"/proc/{parser.pid}/maps")
+    if not maps.is_file():
+        pytest.skip("needs /proc to see the child's libraries")
+    assert "libtorch" not in maps.read_text()
+
+
 def test_concurrent_submissions_get_their_own_spans(parser):
     texts = narratives()[:6]
     expected = {text: extract_phrase_spans(text) for text in texts}

@@ -1,8 +1,11 @@
-"""`epng-ground` end to end: printed table, overlay, JSON with RLE masks, given phrases, bad input."""
+"""`epng-ground` end to end: printed table, overlay, JSON with RLE masks, given phrases, bad input; the spaCy child
+started before torch is imported, its spans used, the parse in the process where it fails."""
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ from app_testing import save_tiny_model
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+import training.ground
+from modeling_epng.phrase_extraction import clear_phrase_cache, load_spacy_pipeline
 from training.ground import run
 
 NARRATIVE = "In this image we can see a dog and a red ball on the grass."
@@ -90,3 +95,78 @@ def test_no_phrase_and_bad_input(model_folder, image_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run([str(image_file), NARRATIVE, "--model_name_or_path", str(model_folder), "--phrases", "a cat"])
     assert "Phrase 'a cat' not found" in capsys.readouterr().err
+
+
+def test_the_command_starts_the_phrase_parser_before_importing_torch():
+    script = textwrap.dedent(
+        """
+        import sys
+        from training.ground import start_phrase_parser
+        parser = start_phrase_parser()
+        assert parser is not None and parser.wait_until_ready(120), "the child did not load spaCy"
+        heavy = sorted({"torch", "transformers", "modeling_epng", "numpy", "PIL"} & set(sys.modules))
+        assert not heavy, heavy
+        spans = parser.submit("a dog and a red ball on the grass").child_spans()
+        print(spans)
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False, cwd=os.getcwd()
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "[(0, 5), (10, 20), (24, 33)]"
+
+
+def _ground_outputs(model_folder, image_file, folder, capsys) -> tuple[list[dict], str, bytes]:
+    records = run(
+        [str(image_file), NARRATIVE, "--model_name_or_path", str(model_folder), "--output_file", str(folder / "o.png")]
+    )
+    printed = capsys.readouterr().out.replace(str(folder), "FOLDER")
+    return records, printed, (folder / "o.png").read_bytes()
+
+
+def test_the_childs_spans_are_used_and_the_outputs_are_those_of_the_parse_here(
+    model_folder, image_file, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(training.ground, "_usable_cores", lambda: 1)  # no child: parsed here
+    clear_phrase_cache()
+    (tmp_path / "here").mkdir()
+    here = _ground_outputs(model_folder, image_file, tmp_path / "here", capsys)
+    assert [record["phrase"] for record in here[0]] == ["a dog", "a red ball", "the grass"]
+
+    monkeypatch.setattr(training.ground, "_usable_cores", lambda: 2)
+    started = []
+    original = training.ground.start_phrase_parser
+    monkeypatch.setattr(training.ground, "start_phrase_parser", lambda model: started.append(original(model))
+                        or started[-1])  # fmt: skip
+    clear_phrase_cache()
+    load_spacy_pipeline.cache_clear()
+    (tmp_path / "child").mkdir()
+    child = _ground_outputs(model_folder, image_file, tmp_path / "child", capsys)
+    assert started and started[0] is not None and started[0].loaded
+    assert load_spacy_pipeline.cache_info().misses == 0  # spaCy was not loaded in this process
+    assert child == here
+
+
+def test_a_failing_child_leaves_the_parse_and_its_error_to_the_process(model_folder, image_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(training.ground, "_usable_cores", lambda: 2)
+    clear_phrase_cache()
+    with pytest.raises(OSError, match=r"'no_such_spacy_pipeline' is not installed.*epng\[phrases\]"):
+        run([str(image_file), NARRATIVE, "--model_name_or_path", str(model_folder), "--spacy_model",
+             "no_such_spacy_pipeline", "--output_file", str(tmp_path / "overlay.png")])  # fmt: skip
+    assert not (tmp_path / "overlay.png").exists()
+
+
+def test_without_spacy_the_command_names_the_extra_to_install(model_folder, image_file, tmp_path):
+    blocker = tmp_path / "no_spacy"
+    blocker.mkdir()
+    (blocker / "spacy.py").write_text("raise ImportError('No module named spacy')\n")
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(blocker), os.getcwd()])}
+    completed = subprocess.run(
+        [sys.executable, "-m", "training.ground", str(image_file), NARRATIVE, "--model_name_or_path",
+         str(model_folder), "--output_file", str(tmp_path / "overlay.png"), "--no_optimize"],
+        capture_output=True, text=True, timeout=300, check=False, env=environment,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert 'Automatic phrases need spaCy and an English pipeline: pip install "epng[phrases]"' in completed.stderr
+    assert not (tmp_path / "overlay.png").exists()
