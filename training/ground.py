@@ -53,6 +53,8 @@ def start_phrase_parser(spacy_model: str | None = None):
     if package is None or not package.submodule_search_locations:
         return None
     path = Path(next(iter(package.submodule_search_locations)), "background_parsing.py")
+    if not path.is_file():  # another `modeling_epng` first on the path: the pipeline parses in the process
+        return None
     spec = importlib.util.spec_from_file_location("epng_background_parsing", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

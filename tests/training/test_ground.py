@@ -117,6 +117,15 @@ def test_the_command_starts_the_phrase_parser_before_importing_torch():
     assert completed.stdout.strip() == "[(0, 5), (10, 20), (24, 33)]"
 
 
+def test_no_parser_where_the_package_found_has_no_background_parsing(tmp_path, monkeypatch):
+    monkeypatch.setattr(training.ground, "_usable_cores", lambda: 2)
+    (tmp_path / "modeling_epng").mkdir()
+    (tmp_path / "modeling_epng" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "modeling_epng")
+    assert training.ground.start_phrase_parser() is None
+
+
 def _ground_outputs(model_folder, image_file, folder, capsys) -> tuple[list[dict], str, bytes]:
     records = run(
         [str(image_file), NARRATIVE, "--model_name_or_path", str(model_folder), "--output_file", str(folder / "o.png")]
