@@ -195,6 +195,7 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
             phrases=None if pending is not None else phrases,
             max_length=max_length,
             return_original_sizes=True,
+            return_offsets_mapping=pending is not None,
             spacy_model=spacy_model,
         )
         model_inputs = {
@@ -205,7 +206,8 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
             "narrative": narrative,
         }
         if pending is not None:  # the phrase inputs are made in `_forward`, once the child has parsed the narrative
-            return {**model_inputs, "pending_spans": pending, "max_length": max_length}
+            offsets = encoded["offset_mapping"].numpy()  # kept on the CPU: the phrases are mapped onto it there
+            return {**model_inputs, "pending_spans": pending, "offset_mapping": offsets, "max_length": max_length}
         spans = encoded["phrase_spans"][0] if isinstance(phrases, str) else phrases
         return {**model_inputs, **self._phrase_inputs(encoded), "spans": [tuple(span) for span in spans]}
 
@@ -220,8 +222,8 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         if "pending_spans" in model_inputs:  # the narrative is being parsed in the child process meanwhile
             token_features = self.model.get_token_features(model_inputs["input_ids"], model_inputs["attention_mask"])
             spans = model_inputs["pending_spans"].result()
-            encoded = self.processor(
-                text=model_inputs["narrative"], phrases=spans, max_length=model_inputs["max_length"]
+            encoded = self.processor.phrase_inputs(
+                model_inputs["narrative"], spans, model_inputs["offset_mapping"], model_inputs["max_length"]
             )
             phrase_inputs = {key: value.to(self.device) for key, value in self._phrase_inputs(encoded).items()}
             model_inputs = {**model_inputs, **phrase_inputs, "spans": [tuple(span) for span in spans]}

@@ -152,13 +152,16 @@ def _check_target_size(target_size, max_target_pixels: int | None) -> tuple[int,
     return height, width
 
 
-def token_phrase_ids(offsets: np.ndarray, is_text_token: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+def token_phrase_ids(
+    offsets: np.ndarray, is_text_token: np.ndarray | None, spans: Sequence[tuple[int, int]]
+) -> np.ndarray:
     """
     Index of the phrase each token belongs to: the token's character range overlaps the phrase's span.
 
     Args:
         offsets (`np.ndarray` of shape `(T, 2)`): Character range of every token (fast tokenizer offset mapping).
-        is_text_token (`np.ndarray` of shape `(T,)`): False for special and padding tokens.
+        is_text_token (`np.ndarray` of shape `(T,)`, *optional*): False for special and padding tokens; `None` where
+            their offsets are (0, 0), which overlap no span.
         spans (`list[tuple[int, int]]`): The phrase spans; they must not overlap.
 
     Returns:
@@ -169,7 +172,8 @@ def token_phrase_ids(offsets: np.ndarray, is_text_token: np.ndarray, spans: Sequ
         return np.full(len(offsets), -1, dtype=np.int64)
     span_array = np.asarray(spans, dtype=np.int64)
     overlaps = (offsets[:, None, 0] < span_array[None, :, 1]) & (offsets[:, None, 1] > span_array[None, :, 0])
-    overlaps &= is_text_token[:, None]
+    if is_text_token is not None:
+        overlaps &= is_text_token[:, None]
     return np.where(overlaps.any(axis=1), overlaps.argmax(axis=1), -1).astype(np.int64)
 
 
@@ -216,6 +220,7 @@ class EpngProcessor(ProcessorMixin):
         max_length: int = 300,
         padding: bool | str = "longest",
         return_original_sizes: bool = False,
+        return_offsets_mapping: bool = False,
         spacy_model: str | None = None,
         **image_processor_kwargs,
     ) -> BatchFeature:
@@ -248,6 +253,9 @@ class EpngProcessor(ProcessorMixin):
                 Tokenizer padding strategy (`"longest"` or `"max_length"`).
             return_original_sizes (`bool`, *optional*, defaults to `False`):
                 Also return `original_sizes` (list of `(H, W)` per image, for [`post_process_grounding`]).
+            return_offsets_mapping (`bool`, *optional*, defaults to `False`):
+                Also return `offset_mapping`, long `(B, T, 2)`: the character range of every token, (0, 0) for
+                special and padding tokens; [`phrase_inputs`] maps phrases onto it later.
             spacy_model (`str`, *optional*):
                 The installed spaCy English pipeline that `phrases="auto"` parses with; defaults to the small one.
             image_processor_kwargs (*optional*):
@@ -290,7 +298,7 @@ class EpngProcessor(ProcessorMixin):
         if automatic_phrases:
             data["phrase_spans"] = phrases
         if text is not None:
-            data.update(self._encode_text(list(text), phrases, max_length, padding))
+            data.update(self._encode_text(list(text), phrases, max_length, padding, return_offsets_mapping))
         if images is not None:
             if phrase_segment_ids is not None:
                 for index, (spans, segment_ids) in enumerate(zip(phrases, phrase_segment_ids, strict=True)):
@@ -318,11 +326,7 @@ class EpngProcessor(ProcessorMixin):
         return batch.convert_to_tensors("np") if return_tensors == "np" else batch
 
     def _encode_text(
-        self,
-        texts: list[str],
-        phrases: Sequence[Sequence[PhraseSpec]] | None,
-        max_length: int,
-        padding: bool | str,
+        self, texts: list[str], phrases, max_length: int, padding: bool | str, return_offsets_mapping: bool = False
     ) -> dict[str, torch.Tensor]:
         """Tokenise the narratives and map every token to its phrase."""
         encoding = self.tokenizer(
@@ -335,15 +339,55 @@ class EpngProcessor(ProcessorMixin):
             return_token_type_ids=False,
             return_tensors="pt",
         )
-        offsets = encoding.pop("offset_mapping").numpy()
-        special_tokens_mask = encoding.pop("special_tokens_mask").numpy().astype(bool)
+        is_text_token = encoding["attention_mask"].bool() & ~encoding["special_tokens_mask"].bool()
+        # Special and padding tokens get (0, 0), which overlaps no phrase span: the offsets alone then tell which
+        # tokens a phrase covers, so that phrases found later map onto this tokenisation (`phrase_inputs`).
+        offset_mapping = encoding["offset_mapping"] * is_text_token[..., None]
         text_inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
-        if phrases is None:
-            return text_inputs
+        if return_offsets_mapping:
+            text_inputs["offset_mapping"] = offset_mapping
+        if phrases is not None:
+            text_inputs.update(self._assign_phrases(texts, phrases, offset_mapping.numpy(), max_length, stacklevel=4))
+        return text_inputs
+
+    def phrase_inputs(
+        self,
+        text: str | Sequence[str],
+        phrases: Sequence[PhraseSpec] | Sequence[Sequence[PhraseSpec]],
+        offset_mapping: torch.Tensor | np.ndarray,
+        max_length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """
+        `phrase_ids` and `phrase_mask` of narratives tokenised before their phrases were known, from the
+        `offset_mapping` of that tokenisation: equal to what `__call__` with the phrases returns, without tokenising
+        again (the pipeline tokenises while the phrases are being parsed).
+
+        Args:
+            text (`str` or `list[str]`): the narrative(s), as given to `__call__`.
+            phrases: the phrases of each narrative, as `__call__` takes them.
+            offset_mapping (`torch.Tensor` or `np.ndarray` of shape `(B, T, 2)`): from
+                `__call__(..., return_offsets_mapping=True)`.
+            max_length (`int`, *optional*): the `max_length` of that call, named in the truncation warning.
+
+        Returns:
+            `dict` with `phrase_ids` long `(B, T)` and `phrase_mask` bool `(B, P)`.
+        """
+        texts, phrases = ([text], [phrases]) if isinstance(text, str) else (list(text), phrases)
+        _check_phrase_nesting(phrases)
+        offsets = offset_mapping.numpy() if isinstance(offset_mapping, torch.Tensor) else np.asarray(offset_mapping)
+        if offsets.ndim != 3 or offsets.shape[0] != len(texts) or offsets.shape[2] != 2:
+            raise ValueError(
+                f"`offset_mapping` must have shape (B={len(texts)}, T, 2), got {tuple(offsets.shape)}: pass the one "
+                "returned with these narratives."
+            )
+        return self._assign_phrases(texts, phrases, offsets, max_length, stacklevel=3)
+
+    @staticmethod
+    def _assign_phrases(texts, phrases, offsets: np.ndarray, max_length, stacklevel: int) -> dict[str, torch.Tensor]:
+        """Phrase ids and mask from the token offsets ((0, 0) for special and padding tokens); `ValueError` for a
+        phrase that covers no token, a warning for one that truncation left without tokens."""
         if len(phrases) != len(texts):
             raise ValueError(f"Got {len(phrases)} phrase lists for {len(texts)} narratives.")
-
-        is_text_token = encoding["attention_mask"].numpy().astype(bool) & ~special_tokens_mask
         all_spans = [
             resolve_phrase_spans(text, narrative, index)
             for index, (text, narrative) in enumerate(zip(texts, phrases, strict=True))
@@ -352,11 +396,11 @@ class EpngProcessor(ProcessorMixin):
         phrase_ids = np.full(offsets.shape[:2], -1, dtype=np.int64)
         phrase_mask = np.zeros((len(texts), num_phrase_slots), dtype=bool)
         for index, (text, spans) in enumerate(zip(texts, all_spans, strict=True)):
-            phrase_ids[index] = token_phrase_ids(offsets[index], is_text_token[index], spans)
+            phrase_ids[index] = token_phrase_ids(offsets[index], None, spans)
             has_tokens = np.zeros(len(spans), dtype=bool)
             has_tokens[phrase_ids[index][phrase_ids[index] >= 0]] = True
             phrase_mask[index, : len(spans)] = has_tokens
-            kept_text_end = int(offsets[index][is_text_token[index], 1].max(initial=0))
+            kept_text_end = int(offsets[index][:, 1].max(initial=0))
             for phrase_index in np.flatnonzero(~has_tokens):
                 start, end = spans[phrase_index]
                 if start < kept_text_end:  # not truncated: the span holds only characters the tokenizer drops
@@ -368,11 +412,9 @@ class EpngProcessor(ProcessorMixin):
                     f"Phrase {phrase_index} {text[start:end]!r} of narrative {index} ({_snippet(text)!r}) lost all "
                     f"its tokens to truncation at max_length={max_length}; it is masked out of `phrase_mask`.",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=stacklevel,
                 )
-        text_inputs["phrase_ids"] = torch.from_numpy(phrase_ids)
-        text_inputs["phrase_mask"] = torch.from_numpy(phrase_mask)
-        return text_inputs
+        return {"phrase_ids": torch.from_numpy(phrase_ids), "phrase_mask": torch.from_numpy(phrase_mask)}
 
     @staticmethod
     def _pad_mask_labels(mask_labels: list[torch.Tensor], num_phrase_slots: int) -> torch.Tensor:

@@ -113,21 +113,45 @@ def _count_calls(model):
 
 
 @pytest.mark.parametrize("optimize", [False, True])
-def test_pipeline_masks_equal_those_of_a_parse_in_process(model_folder, parser, optimize):
+def test_pipeline_masks_equal_those_of_a_parse_in_process(model_folder, parser, optimize, monkeypatch):
     grounder = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu", optimize=optimize)
     calls = _count_calls(grounder.model)
+    tokenized = []
+    tokenize = type(grounder.processor.tokenizer).__call__
+    monkeypatch.setattr(
+        type(grounder.processor.tokenizer), "__call__", lambda *a, **k: tokenized.append(1) or tokenize(*a, **k)
+    )
     image = np.random.default_rng(3).integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
     for text in narratives()[:3]:
         clear_phrase_cache()
         background = grounder(image, text, parse_in_background=True)
+        assert len(tokenized) == 1  # the phrases found meanwhile are mapped onto the first tokenisation
         clear_phrase_cache()
         in_process = grounder(image, text, parse_in_background=False)
+        tokenized.clear()
         assert [(r["start"], r["end"], r["score"]) for r in background] == [
             (r["start"], r["end"], r["score"]) for r in in_process
         ]
         for ours, theirs in zip(background, in_process, strict=True):
             np.testing.assert_array_equal(np.asarray(ours["mask"]), np.asarray(theirs["mask"]))
     assert len(calls) == 3  # the background path ran, once per narrative
+
+
+def test_truncation_drops_phrases_in_the_background_as_in_the_process(model_folder, parser):
+    grounder = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu")
+    calls = _count_calls(grounder.model)
+    image = np.random.default_rng(5).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    text = narratives()[0]
+    results = {}
+    for background in (True, False):
+        clear_phrase_cache()
+        with pytest.warns(UserWarning, match="lost all its tokens to truncation at max_length=12"):
+            results[background] = grounder(image, text, max_length=12, parse_in_background=background)
+    assert len(calls) == 1
+    assert 0 < len(results[True]) < len(extract_phrase_spans(text))
+    assert [(r["start"], r["end"], r["score"]) for r in results[True]] == [
+        (r["start"], r["end"], r["score"]) for r in results[False]
+    ]
 
 
 def test_batches_parse_in_process(model_folder, parser):

@@ -1,6 +1,7 @@
 """EpngProcessor: phrase spans → phrase_ids, batching, truncation, targets, post-processing, Auto + save/load."""
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -110,6 +111,44 @@ def test_partially_truncated_phrase_is_kept(processor):
     assert inputs["phrase_mask"].tolist() == [[True]]
     # [CLS] one two three four [SEP]: only "four" of the phrase survives.
     assert (inputs["phrase_ids"][0] == 0).tolist() == [False, False, False, False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("texts", "phrases", "max_length"),
+    [
+        (TRICKY_TEXT, ["Sunbathers", "a café", "don't", "the unbelievably tall skyscrapers!"], 300),
+        (["a dog", "a cat sits on a very soft mat [SEP] here"], [["dog"], ["cat", "a very", "mat [SEP]"]], 300),
+        ("a dog " * 20 + "and finally a tiny red kite", [(0, 5), (134, 147)], 16),
+        ("one two three four five six seven", [(15, 33)], 6),
+    ],
+)
+def test_phrase_inputs_from_the_offsets_equal_a_call_with_the_phrases(processor, texts, phrases, max_length):
+    with warnings.catch_warnings(record=True) as direct_warnings:
+        warnings.simplefilter("always")
+        direct = processor(text=texts, phrases=phrases, max_length=max_length)
+    tokenized = processor(text=texts, max_length=max_length, return_offsets_mapping=True)
+    assert "phrase_ids" not in tokenized and tokenized["offset_mapping"].shape == (*tokenized["input_ids"].shape, 2)
+    assert (tokenized["offset_mapping"][tokenized["attention_mask"] == 0] == 0).all()
+    with warnings.catch_warnings(record=True) as later_warnings:
+        warnings.simplefilter("always")
+        later = processor.phrase_inputs(texts, phrases, tokenized["offset_mapping"], max_length)
+    assert [str(w.message) for w in later_warnings] == [str(w.message) for w in direct_warnings]
+    assert bool(direct_warnings) == (max_length == 16)  # the truncated "tiny red kite"
+    assert set(later) == {"phrase_ids", "phrase_mask"}
+    for key in later:
+        assert later[key].dtype == direct[key].dtype and torch.equal(later[key], direct[key])
+    torch.testing.assert_close(tokenized["input_ids"], direct["input_ids"], rtol=0, atol=0)
+
+
+def test_phrase_inputs_name_bad_offsets_and_spans(processor):
+    text = "a dog \u200b\u200b and a cat"
+    offsets = processor(text=text, return_offsets_mapping=True)["offset_mapping"]
+    with pytest.raises(ValueError, match=r"Span \(6, 8\) .* covers no token"):
+        processor.phrase_inputs(text, [(6, 8)], offsets)
+    with pytest.raises(ValueError, match=r"`offset_mapping` must have shape \(B=1, T, 2\), got \(1, \d+\)"):
+        processor.phrase_inputs(text, ["a dog"], offsets[..., 0])
+    with pytest.raises(ValueError, match="one list of phrases per narrative"):
+        processor.phrase_inputs([text], ["a dog"], offsets)
 
 
 def test_text_only_and_image_only_calls(processor):
