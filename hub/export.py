@@ -77,7 +77,12 @@ class EpngInferenceProgram(nn.Module):
             features = self.model.phrase_encoder.pool_phrases(
                 input_ids, attention_mask, phrase_ids, phrase_mask.shape[1]
             )
-        outputs = self.model(pixel_values=pixel_values, phrase_features=features.float(), phrase_mask=phrase_mask)
+        outputs = self.model(
+            pixel_values=pixel_values,
+            phrase_features=features.float(),
+            phrase_mask=phrase_mask,
+            output_pixel_embeddings=False,
+        )
         return tuple(outputs[name] for name in ARTIFACT_OUTPUTS)
 
 
@@ -209,6 +214,7 @@ def export(
             "format": format,
             "file": artifact_file,
             "dtype": model.inference_settings.dtype,
+            "outputs": list(ARTIFACT_OUTPUTS),
             **built_for,
             "weights_sha256": weights_sha256(model_dir),
             "weights_stats": weights_stats(model_dir),

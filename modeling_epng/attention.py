@@ -149,6 +149,7 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
         if use_distance_prior:
             self.distance_weights = nn.Parameter(torch.full((self.num_heads,), float(config.lpa_weight_init)))
         self._distance_cache: dict[tuple, torch.Tensor] = {}
+        self._prior_cache: tuple[tuple, torch.Tensor] | None = None
 
     def distance_matrix(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """The (N, N) distance prior D, computed once per grid size and device and cached."""
@@ -163,6 +164,21 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
                 distances = lpa_distance_matrix(height, width, self.distance_form, self.truncation, device)
             self._distance_cache[key] = distances
         return self._distance_cache[key]
+
+    def scaled_prior(self, grid_size: tuple[int, int], scale: float, dtype: torch.dtype) -> torch.Tensor:
+        """(heads, N, N) prior w_j * D / sqrt(d_k) in `dtype`. Without autograd it is kept for the next call while the
+        weights stay the same (same grid, device, dtype and `distance_weights` version): at inference the product and
+        its cast took two passes over a (heads, N, N) tensor per layer and call."""
+        weights = self.distance_weights
+        distances = self.distance_matrix(*grid_size, weights.device)
+        if torch.is_grad_enabled() or not isinstance(grid_size[0], int) or torch.compiler.is_compiling():
+            return ((weights * scale)[:, None, None] * distances).to(dtype)
+        key = (*grid_size, str(weights.device), dtype, scale, weights.data_ptr(), weights._version)
+        if self._prior_cache is None or self._prior_cache[0] != key:
+            with torch.inference_mode(False):
+                prior = ((weights.detach() * scale)[:, None, None] * distances).to(dtype)
+            self._prior_cache = (key, prior)
+        return self._prior_cache[1]
 
     def forward(
         self,
@@ -199,8 +215,7 @@ class EpngLocalityPerceptiveAttention(EpngMultiHeadProjections):
             scale = 1.0 / math.sqrt(self.head_dim)
             logits = torch.matmul(queries, keys.transpose(-1, -2))
             if self.use_distance_prior:
-                distances = self.distance_matrix(*grid_size, hidden_states.device)
-                scale = ((self.distance_weights * scale)[:, None, None] * distances).to(logits.dtype)
+                scale = self.scaled_prior(grid_size, scale, logits.dtype)
             logits = logits.mul_(scale) if not torch.is_grad_enabled() else logits * scale
             probabilities = logits.softmax(dim=-1)
             attended = torch.matmul(F.dropout(probabilities, dropout, self.training), values)

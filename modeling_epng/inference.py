@@ -59,7 +59,9 @@ ARTIFACT_INPUTS = {
     "phrase_ids": torch.long,
     "phrase_mask": torch.bool,
 }
-ARTIFACT_OUTPUTS = ("mask_logits", "phrase_embeddings", "pixel_embeddings")
+ARTIFACT_OUTPUTS = ("mask_logits", "phrase_embeddings")
+# What artefacts exported before the manifest recorded its outputs return.
+LEGACY_ARTIFACT_OUTPUTS = ("mask_logits", "phrase_embeddings", "pixel_embeddings")
 # torch.backends.cpu.get_cpu_capability() values under which torch's CPU kernels use AVX-512 instructions.
 AVX512_CAPABILITIES = ("AVX512", "AVX512_BF16", "AVX512_VNNI", "AMX")
 
@@ -172,11 +174,13 @@ def fold_batch_norms_into_convolutions(module: nn.Module) -> int:
     return len(pairs)
 
 
-def _autocast_forward(forward, device_type: str, dtype: torch.dtype, channels_last: bool):
-    """`forward` under autocast to `dtype`, with pixel values in channels_last and floating outputs back in fp32."""
+def _autocast_forward(forward, device_type: str, dtype: torch.dtype, channels_last: bool, **defaults):
+    """`forward` under autocast to `dtype`, with pixel values in channels_last, floating outputs back in fp32, and
+    `defaults` for the keyword arguments the caller does not pass."""
 
     @functools.wraps(forward)
     def fast_forward(*args, **kwargs):
+        kwargs = {**defaults, **kwargs}
         if channels_last and kwargs.get("pixel_values") is not None:
             kwargs["pixel_values"] = kwargs["pixel_values"].contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
@@ -226,18 +230,20 @@ def optimize_for_inference(
     folded = fold_batch_norms_into_convolutions(model) if fold_batch_norms else 0
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    package, artifact, exported_dtype = (None, None, None)
+    package, artifact, exported_dtype, outputs = (None, None, None, None)
     if use_artifact:
-        package, artifact, exported_dtype = load_artifact(model, None if dtype == "auto" else dtype_name)
+        package, artifact, exported_dtype, outputs = load_artifact(model, None if dtype == "auto" else dtype_name)
     if artifact is not None and exported_dtype != dtype_name:
         reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
         dtype_name = exported_dtype
-    model.forward = _autocast_forward(model.forward, device.type, DTYPES[dtype_name], channels_last)
+    model.forward = _autocast_forward(
+        model.forward, device.type, DTYPES[dtype_name], channels_last, output_pixel_embeddings=False
+    )
     # The same autocast around the text encoder run on its own, so that its token features passed back to the
     # forward give what the forward alone computes.
     model.get_token_features = _autocast_forward(model.get_token_features, device.type, DTYPES[dtype_name], False)
     if package is not None:
-        model.forward = _artifact_forward(model, package, model.forward)
+        model.forward = _artifact_forward(model, package, outputs, model.forward)
     compile = compile and artifact is None
     if compile:
         model.compile()
@@ -390,7 +396,7 @@ class OnnxRuntimeProgram:
         num_threads: intra-op threads of the session (default: torch's thread count now).
     """
 
-    def __init__(self, path: str | Path, num_threads: int | None = None):
+    def __init__(self, path: str | Path, num_threads: int | None = None, output_names=ARTIFACT_OUTPUTS):
         try:
             import onnxruntime
         except ImportError as error:
@@ -401,15 +407,17 @@ class OnnxRuntimeProgram:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         # The exporter drops inputs the graph does not read; feeding them would be an error.
         self.input_names = [graph_input.name for graph_input in self.session.get_inputs()]
+        self.output_names = list(output_names)
 
     def __call__(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feeds = {name: inputs[name].detach().cpu().contiguous().numpy() for name in self.input_names}
-        return tuple(torch.from_numpy(output) for output in self.session.run(list(ARTIFACT_OUTPUTS), feeds))
+        return tuple(torch.from_numpy(output) for output in self.session.run(self.output_names, feeds))
 
 
-def _artifact_forward(model, package, eager_forward):
-    """A forward that runs the exported `package` for plain inference calls (pixel values + tokens + phrase ids and
-    mask) and `eager_forward` for everything else (losses, cached phrase or token features, attentions, tuples)."""
+def _artifact_forward(model, package, output_names: tuple[str, ...], eager_forward):
+    """A forward that runs the exported `package` (which returns the `output_names` outputs) for plain inference calls
+    (pixel values + tokens + phrase ids and mask) and `eager_forward` for everything else (losses, cached phrase or
+    token features, attentions, pixel embeddings, tuples)."""
     from .modeling_epng import EpngOutput
 
     signature = inspect.signature(eager_forward)
@@ -420,30 +428,32 @@ def _artifact_forward(model, package, eager_forward):
         covered = all(arguments.get(name) is not None for name in ("input_ids", "phrase_ids", "phrase_mask"))
         covered &= all(arguments.get(name) is None for name in ("mask_labels", "phrase_features", "token_features"))
         covered &= not arguments.get("output_attentions") and arguments.get("return_dict") is not False
+        covered &= not arguments.get("output_pixel_embeddings")
         if not covered:
             return eager_forward(*args, **kwargs)
         if arguments.get("attention_mask") is None:
             arguments["attention_mask"] = torch.ones_like(arguments["input_ids"])
         inputs = {name: arguments[name].to(model.device, dtype) for name, dtype in ARTIFACT_INPUTS.items()}
         model._check_inputs(**inputs, phrase_features=None, mask_labels=None)
-        outputs = package(**inputs)
-        return EpngOutput(**dict(zip(ARTIFACT_OUTPUTS, outputs, strict=True)))
+        outputs = dict(zip(output_names, package(**inputs), strict=True))
+        return EpngOutput(**{name: outputs[name] for name in ARTIFACT_OUTPUTS})
 
     return artifact_forward
 
 
 def load_artifact(model, dtype: str | None):
-    """The matching exported artefact (see `find_artifact`) loaded, as (package, path, dtype), or three Nones; logs
-    one line when an artefact exists but cannot be used."""
+    """The matching exported artefact (see `find_artifact`) loaded, as (package, path, dtype, names of the outputs it
+    returns), or four Nones; logs one line when an artefact exists but cannot be used."""
     artifact, reason, manifest = _match_artifact(model, dtype)
     if artifact is None:
         if reason.startswith("no exported artefact"):
             logger.info(f"EPNG: {reason}; running the eager fast path.")
         else:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
-        return None, None, None
+        return None, None, None, None
+    outputs = tuple(manifest.get("outputs", LEGACY_ARTIFACT_OUTPUTS))
     if manifest.get("format") == "onnx":
-        return OnnxRuntimeProgram(artifact), str(artifact), manifest["dtype"]
+        return OnnxRuntimeProgram(artifact, output_names=outputs), str(artifact), manifest["dtype"], outputs
     from .aoti_package import hand_model_weights, load_aoti_package
 
     package = load_aoti_package(artifact)
@@ -451,5 +461,5 @@ def load_artifact(model, dtype: str | None):
         package, reason = hand_model_weights(package, model, manifest.get("weights_layout_sha256"))
         if package is None:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
-            return None, None, None
-    return package, str(artifact), manifest["dtype"]
+            return None, None, None, None
+    return package, str(artifact), manifest["dtype"], outputs

@@ -84,8 +84,9 @@ class EpngOutput(ModelOutput):
             Mask logits of every phrase slot, padding slots included (select the real ones with `phrase_mask`).
         phrase_embeddings (`torch.FloatTensor` of shape `(batch_size, num_phrases, hidden_size)`):
             Phrase embeddings, the dynamic 1x1 kernels of the dense head.
-        pixel_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size, height / 4, width / 4)`):
-            Pixel features after the communicator, upsampled to a quarter of the input resolution.
+        pixel_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size, height / 4, width / 4)`, *optional*):
+            Pixel features after the communicator, upsampled to a quarter of the input resolution; returned unless
+            `output_pixel_embeddings=False` (the default of the inference fast path) without `mask_labels`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The pixel tokens entering the first communicator layer and leaving each layer
             (`num_communicator_layers + 1` tensors of shape `(batch_size, height / 16 * width / 16, hidden_size)`,
@@ -350,6 +351,7 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | list[int] | None = None,
         return_dict: bool | None = None,
+        output_pixel_embeddings: bool = True,
     ) -> EpngOutput | tuple:
         r"""
         Args:
@@ -372,6 +374,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
                 `hidden_states` (a list of indices keeps only those entries, the others are `None`); defaults to
                 `config.output_hidden_states`.
             return_dict (`bool`, *optional*): return an `EpngOutput` (default) or a tuple.
+            output_pixel_embeddings (`bool`, *optional*, defaults to `True`): return `pixel_embeddings`. Masks do not
+                need them, and at 640 x 640 they are a (B, 768, 160, 160) upsampling, so the inference fast path
+                (`optimize_for_inference`) passes False unless asked; with `mask_labels` they are always computed.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_attentions is None:
@@ -412,7 +417,9 @@ class EpngForPanopticNarrativeGrounding(EpngPreTrainedModel):
         pixel_map, hidden_states, attentions = self.communicator(
             pixel_map, phrase_embeddings, phrase_mask, output_attentions, output_hidden_states
         )
-        pixel_embeddings = self.upsample_to_mask_stride(pixel_map)
+        pixel_embeddings = None
+        if output_pixel_embeddings or mask_labels is not None:
+            pixel_embeddings = self.upsample_to_mask_stride(pixel_map)
         # Bilinear upsampling is linear and the same for every channel, so dotting the phrases with the upsampled map
         # equals upsampling their dot products with the fused map: 16x fewer multiply-adds, and a form Inductor
         # compiles when image size and phrase count are both symbolic (the other order fails to lower in torch 2.13).

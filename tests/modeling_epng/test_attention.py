@@ -165,3 +165,20 @@ def test_compiled_flex_path_keeps_no_score_matrix_per_head(one_thread):
     assert explicit_peak >= scores_bytes  # the measurement sees the explicit path's (B, heads, N, N) logits
     # Inductor's CPU kernel holds one N x N buffer per thread (measured), not one per batch element and head.
     assert fused_peak < scores_bytes / 4
+
+
+def test_scaled_prior_is_kept_between_no_grad_calls_and_follows_the_weights():
+    config = EpngConfig.tiny(self_attention_type="lpa", attention_dropout=0.0)
+    attention = EpngLocalityPerceptiveAttention(config).eval()
+    tokens = torch.randn(1, 12, config.hidden_size)
+    with torch.no_grad():
+        first, _ = attention(tokens, (3, 4))
+        kept = attention.scaled_prior((3, 4), 0.5, torch.float32)
+        assert attention.scaled_prior((3, 4), 0.5, torch.float32) is kept
+        attention.distance_weights.mul_(3.0)
+        changed, _ = attention(tokens, (3, 4))
+    with torch.enable_grad():
+        expected, _ = attention(tokens, (3, 4))
+    assert not torch.allclose(first, changed)
+    torch.testing.assert_close(changed, expected, rtol=0, atol=0)
+    assert attention.scaled_prior((3, 4), 0.5, torch.bfloat16).dtype == torch.bfloat16

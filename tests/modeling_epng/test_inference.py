@@ -136,3 +136,21 @@ def test_unchanged_weights_are_not_hashed_again_and_changed_ones_are_refused(tmp
     weights.write_bytes(content)  # the exported weights again, with a new modification time: hashed, then used
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 2))
     assert inference.find_artifact(model, "fp32")[0] == tmp_path / inference.ARTIFACT_FILES["aoti"] and len(hashed) == 2
+
+
+def test_fast_path_skips_the_pixel_embeddings_unless_asked():
+    reference = make_model()
+    fast = make_model().optimize_for_inference(dtype="bf16")
+    inputs = make_inputs(64, 96, 3)
+    with torch.inference_mode():
+        expected = reference(**inputs)
+        plain = fast(**inputs)
+        asked = fast(**inputs, output_pixel_embeddings=True)
+        without = reference(**inputs, output_pixel_embeddings=False)
+    assert plain.pixel_embeddings is None and without.pixel_embeddings is None
+    torch.testing.assert_close(plain.mask_logits, asked.mask_logits, rtol=0, atol=0)
+    torch.testing.assert_close(without.mask_logits, expected.mask_logits, rtol=0, atol=0)
+    assert asked.pixel_embeddings.dtype == torch.float32
+    assert (
+        asked.pixel_embeddings - expected.pixel_embeddings
+    ).abs().max() <= 0.05 * expected.pixel_embeddings.abs().max()
