@@ -251,7 +251,8 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         logits = model_outputs["mask_logits"][0, : len(spans)][kept]
         grounding = self.processor.post_process_image_grounding(logits, model_outputs["original_size"], threshold)
         kept_spans = [span for span, keep in zip(spans, kept.tolist(), strict=True) if keep]
-        masks = (grounding["masks"].view(torch.uint8) * 255).cpu().numpy()  # 2-D uint8 slices: PIL mode "L"
+        masks = grounding["masks"].view(torch.uint8).mul_(255).cpu().numpy()  # 2-D uint8 slices: PIL mode "L"
+        size = (masks.shape[2], masks.shape[1])
         scores = grounding["scores"].tolist()
         results = []
         for (start, end), mask, score in zip(kept_spans, masks, scores, strict=True):
@@ -261,7 +262,9 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
                     "start": start,
                     "end": end,
                     "score": score,
-                    "mask": Image.fromarray(mask),
+                    # What `Image.fromarray(mask)` gives (an image on the array's memory), less its reading of the
+                    # array interface.
+                    "mask": Image.frombuffer("L", size, mask, "raw", "L", 0, 1),
                 }
             )
         return results

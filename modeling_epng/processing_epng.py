@@ -337,17 +337,17 @@ class EpngProcessor(ProcessorMixin):
             return_offsets_mapping=True,
             return_special_tokens_mask=True,
             return_token_type_ids=False,
-            return_tensors="pt",
+            return_tensors="np",  # NumPy for the few small array operations here, faster than torch's
         )
-        is_text_token = encoding["attention_mask"].bool() & ~encoding["special_tokens_mask"].bool()
+        is_text_token = encoding["attention_mask"].astype(bool) & ~encoding["special_tokens_mask"].astype(bool)
         # Special and padding tokens get (0, 0), which overlaps no phrase span: the offsets alone then tell which
         # tokens a phrase covers, so that phrases found later map onto this tokenisation (`phrase_inputs`).
         offset_mapping = encoding["offset_mapping"] * is_text_token[..., None]
-        text_inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+        text_inputs = {key: torch.from_numpy(encoding[key]) for key in ("input_ids", "attention_mask")}
         if return_offsets_mapping:
-            text_inputs["offset_mapping"] = offset_mapping
+            text_inputs["offset_mapping"] = torch.from_numpy(offset_mapping)
         if phrases is not None:
-            text_inputs.update(self._assign_phrases(texts, phrases, offset_mapping.numpy(), max_length, stacklevel=4))
+            text_inputs.update(self._assign_phrases(texts, phrases, offset_mapping, max_length, stacklevel=4))
         return text_inputs
 
     def phrase_inputs(
@@ -457,7 +457,7 @@ class EpngProcessor(ProcessorMixin):
         # The float32 just below the threshold: `p >= threshold` (compared in float32) is `p > below`, which lets
         # `threshold_` zero the probabilities outside the mask in place, in one pass; what it keeps is >= threshold > 0,
         # so the mask is what is non-zero (a cast to bool, several times faster than comparing again).
-        below = torch.nextafter(torch.tensor(threshold, dtype=torch.float32), torch.tensor(-1.0)).item()
+        below = float(np.nextafter(np.float32(threshold), np.float32(-1.0)))
         num_phrases = probabilities.shape[0]
         masks = torch.empty((num_phrases, height, width), dtype=torch.bool, device=probabilities.device)
         scores = probabilities.new_empty((num_phrases,))
@@ -470,8 +470,10 @@ class EpngProcessor(ProcessorMixin):
             inside = F.threshold_(resized, below, 0.0)
             chunk_masks = masks[start:end].copy_(inside)
             inside = inside.sum(dim=(1, 2))
-            # Counting through a uint8 view: a bool sum would first widen every pixel to int64.
-            counts = chunk_masks.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
+            if chunk_masks.device.type == "cpu":  # NumPy counts set bytes about twice as fast as a torch reduction
+                counts = torch.tensor([np.count_nonzero(mask) for mask in chunk_masks.numpy()], dtype=torch.int32)
+            else:  # through a uint8 view: a bool sum would first widen every pixel to int64
+                counts = chunk_masks.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
             scores[start:end] = inside / counts.clamp(min=1)
         return {"masks": masks, "scores": scores}
 

@@ -60,6 +60,36 @@ def test_resize_matches_pil_bicubic_within_one_level():
     assert np.abs(ours - pil).max() <= 1.5
 
 
+@pytest.mark.parametrize("resample", [Image.BICUBIC, Image.BILINEAR, Image.NEAREST])
+@pytest.mark.parametrize("image_size", [(64, 96), (30, 50), (150, 97)])
+@pytest.mark.parametrize("form", ["pil", "hwc", "chw", "gray"])
+def test_pixel_values_equal_the_plain_formula_bit_for_bit(resample, image_size, form):
+    """Whatever the memory layout it resizes in, and with the resize skipped where the image has the model size
+    already, the pixel values are those of resize → clamp → `(x / 255 - mean) / std` in float32 on the plain
+    (channels-last) decoded image."""
+    array = random_image(*image_size, seed=sum(image_size))
+    if form == "gray":
+        array = array[..., 0]
+    image = array
+    if form in ("pil", "gray"):
+        image = Image.fromarray(array)
+    elif form == "chw":
+        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    processor = EpngImageProcessor(size=SIZE, resample=resample)
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"][0]
+
+    plain = torch.from_numpy(np.asarray(array, dtype=np.float32))
+    plain = (plain[..., None].expand(-1, -1, 3) if form == "gray" else plain).permute(2, 0, 1)
+    mode = {Image.BICUBIC: "bicubic", Image.BILINEAR: "bilinear", Image.NEAREST: "nearest-exact"}[resample]
+    options = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": True}
+    resized = F.interpolate(plain[None], size=(SIZE["height"], SIZE["width"]), mode=mode, **options)[0]
+    resized = resized.clamp(0.0, 255.0) if mode == "bicubic" else resized
+    mean, std = (torch.tensor(values).view(3, 1, 1) for values in (EPNG_IMAGE_MEAN, EPNG_IMAGE_STD))
+    expected = (resized * (1 / 255) - mean) / std
+    assert pixel_values.is_contiguous() and pixel_values.dtype == torch.float32
+    assert torch.equal(pixel_values, expected)
+
+
 @pytest.mark.parametrize("height, width", [(65, 64), (64, 100), (0, 64)])
 def test_size_must_be_multiple_of_32(height, width):
     with pytest.raises(ValueError, match="multiples of 32"):
