@@ -247,10 +247,12 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         if threshold is None:
             threshold = self.model.config.mask_threshold
         narrative, spans = model_outputs["narrative"], model_outputs["spans"]
-        kept = model_outputs["phrase_mask"][0, : len(spans)].bool()
-        logits = model_outputs["mask_logits"][0, : len(spans)][kept]
+        kept = [bool(keep) for keep in model_outputs["phrase_mask"][0, : len(spans)].tolist()]
+        logits = model_outputs["mask_logits"][0, : len(spans)]
+        if not all(kept):  # phrases that truncation left without tokens
+            logits = logits[torch.tensor(kept, dtype=torch.bool)]
         grounding = self.processor.post_process_image_grounding(logits, model_outputs["original_size"], threshold)
-        kept_spans = [span for span, keep in zip(spans, kept.tolist(), strict=True) if keep]
+        kept_spans = [span for span, keep in zip(spans, kept, strict=True) if keep]
         masks = grounding["masks"].view(torch.uint8).mul_(255).cpu().numpy()  # 2-D uint8 slices: PIL mode "L"
         size = (masks.shape[2], masks.shape[1])
         scores = grounding["scores"].tolist()

@@ -34,7 +34,7 @@ from PIL import Image
 from .benchmark_timing import time_calls
 from .offline_text_encoder import offline_text_encoder_path
 
-# A narrative in the Localized Narratives style: 58 words, 13 automatic phrases.
+# A narrative in the Localized Narratives style: 57 words, 15 automatic phrases.
 NARRATIVE = (
     "In this image we can see a woman holding an umbrella and a bag. She is wearing a black jacket and blue jeans. "
     "Behind her there are a few cars parked on the road. On the left side there is a pole and a dustbin. In the "
