@@ -14,7 +14,8 @@ runs, interleaved:
   cores (`taskset`), the child is moved to the others, as it would have a spare core of its own;
 * `pipeline_repeated_narrative`: the same with the narrative's spans in that cache (grounded again: another image or
   threshold);
-* `pipeline_given_phrases`: the same with the phrases given as spans (no parsing);
+* `pipeline_given_phrases`: the same with the phrases given as spans (no parsing); its pipeline steps (preprocess,
+  forward with the model's forward inside, postprocess) are timed too;
 * `phrase_parsing`: the spaCy part alone (`extract_phrase_spans`, cache cleared).
 
 Two settings: the model as built (fp32 eager, `optimize=False`) and after `model.optimize_for_inference()` (the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 
 import numpy as np
 import torch
@@ -60,6 +62,43 @@ def _build(tiny: bool, tokenizer_path: str, device: torch.device, optimize: bool
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     processor = build_processor(tokenizer, TINY_IMAGE_SIZE if tiny else DEMO_IMAGE_SIZE, config.mask_threshold)
     return model, processor
+
+
+class _PhaseTimer:
+    """Times the preprocess, forward (the model's forward inside) and postprocess steps of the pipeline calls made
+    inside `with timer:`, in ms, into `phases`."""
+
+    def __init__(self, grounder):
+        self.active = False
+        self.phases = {"preprocess": [], "forward": [], "postprocess": []}
+        for name in self.phases:
+            setattr(grounder, name, self._timed(name, getattr(grounder, name)))
+
+    def _timed(self, name, step):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = step(*args, **kwargs)
+            if self.active:
+                self.phases[name].append((time.perf_counter() - start) * 1000)
+            return result
+
+        return timed
+
+    def __enter__(self):
+        self.active = True
+
+    def __exit__(self, *exc_info):
+        self.active = False
+
+
+def _timed_steps(timer: _PhaseTimer, call):
+    """`call` with the steps of its pipeline call timed by `timer`."""
+
+    def timed_call():
+        with timer:
+            return call()
+
+    return timed_call
 
 
 def _parsing_anew(call):
@@ -98,7 +137,8 @@ def pipeline_overhead(
         One record per setting (`optimized` False/True): median latencies in ms of `bare_forward`, `pipeline`,
         `pipeline_background_parse`, `pipeline_repeated_narrative`, `pipeline_given_phrases` and `phrase_parsing`,
         `overhead` (pipeline / bare - 1), `overhead_background_parse`, `overhead_repeated_narrative`,
-        `overhead_given_phrases`, the number of phrases and tokens, and every latency.
+        `overhead_given_phrases`, `given_phrases_steps_ms` (median ms of the preprocess, forward and postprocess
+        steps of the given-phrases call), the number of phrases and tokens, and every latency.
     """
     from transformers import pipeline
 
@@ -123,6 +163,7 @@ def pipeline_overhead(
     for optimized in (False, True):
         model, processor = _build(tiny, tokenizer_path, device, optimized, seed)
         grounder = pipeline(TASK, model=model, processor=processor, device=device, optimize=False)
+        timer = _PhaseTimer(grounder)
         inputs = processor(images=image, text=NARRATIVE, phrases=spans).to(device)
 
         def bare_forward(model=model, inputs=inputs):
@@ -136,12 +177,16 @@ def pipeline_overhead(
                 lambda grounder=grounder: grounder(image, NARRATIVE, parse_in_background=True)
             ),
             "pipeline_repeated_narrative": lambda grounder=grounder: grounder(image, NARRATIVE),
-            "pipeline_given_phrases": lambda grounder=grounder: grounder(image, NARRATIVE, phrases=spans),
+            "pipeline_given_phrases": _timed_steps(
+                timer, lambda grounder=grounder: grounder(image, NARRATIVE, phrases=spans)
+            ),
             "phrase_parsing": _parsing_anew(lambda: extract_phrase_spans(NARRATIVE)),
         }
         for _ in range(warmup):
             for call in calls.values():
                 call()
+        for phase_latencies in timer.phases.values():
+            phase_latencies.clear()  # the warm-up calls
         latencies = time_calls(calls, iterations, device)
         medians = {name: statistics.median(values) for name, values in latencies.items()}
         records.append(
@@ -158,6 +203,7 @@ def pipeline_overhead(
                 "overhead_background_parse": medians["pipeline_background_parse"] / medians["bare_forward"] - 1.0,
                 "overhead_repeated_narrative": medians["pipeline_repeated_narrative"] / medians["bare_forward"] - 1.0,
                 "overhead_given_phrases": medians["pipeline_given_phrases"] / medians["bare_forward"] - 1.0,
+                "given_phrases_steps_ms": {name: statistics.median(values) for name, values in timer.phases.items()},
                 "latencies_ms": latencies,
             }
         )
@@ -181,6 +227,11 @@ def format_pipeline_overhead(records: list[dict]) -> list[str]:
             f"{100 * record['overhead_background_parse']:+6.1f}%; repeated narrative "
             f"{100 * record['overhead_repeated_narrative']:+6.1f}%; given phrases "
             f"{100 * record['overhead_given_phrases']:+6.1f}%; spaCy parsing {record['phrase_parsing_ms']:.1f} ms)"
+        )
+        steps = record["given_phrases_steps_ms"]
+        lines.append(
+            f"  {'':23} given phrases: preprocess {steps['preprocess']:.2f} ms, forward {steps['forward']:.2f} ms, "
+            f"postprocess {steps['postprocess']:.2f} ms"
         )
     return lines
 

@@ -33,6 +33,9 @@ def test_pipeline_section_reports_both_settings(capsys):
         ):
             assert len(record["latencies_ms"][name]) == 2 and record[f"{name}_ms"] > 0
         assert record["overhead"] == record["pipeline_ms"] / record["bare_forward_ms"] - 1
+        steps = record["given_phrases_steps_ms"]
+        assert set(steps) == {"preprocess", "forward", "postprocess"} and all(value > 0 for value in steps.values())
+        assert sum(steps.values()) <= max(record["latencies_ms"]["pipeline_given_phrases"])
         background = record["pipeline_background_parse_ms"] / record["bare_forward_ms"] - 1
         assert record["overhead_background_parse"] == background
     printed = capsys.readouterr().out
