@@ -2,8 +2,9 @@
 
 * dtype: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU of compute capability >= 8.0; a CPU
   whose kernels torch runs with AVX-512 and that has `avx512_bf16` or AMX), fp32 elsewhere: without native support
-  bf16 is emulated and slower than fp32. Autocast keeps the weights in fp32 and runs softmax, LayerNorm and the losses
-  in fp32; the mask logits come back as fp32. Precision: a trained model's logits are large (the demo's up to
+  bf16 is emulated and slower than fp32. The weights of the linear and convolution layers are stored in bf16 (what
+  autocast would cast them to at every call), the others (embeddings, norms) stay fp32; the losses run in fp32 and the
+  mask logits come back as fp32. Precision: a trained model's logits are large (the demo's up to
   +-147, sums of |phrase x pixel| products up to 155), so rounding the inputs of any one part to bf16's 8 significant
   bits moves a logit near 0 by up to ~0.1-0.3, and the probability of a mask-boundary pixel by 1.6e-2 to 2.8e-2 for
   each part alone, 8.7e-2 for all together (mean 1.7e-4; 1.8e-4 of the mask pixels flip); no part kept in fp32 brings
@@ -14,7 +15,9 @@
 * compile (opt-in): `torch.compile` with dynamic shapes. Compiling costs about a minute per process and input shape on
   a CPU, so it pays only in long-running processes that see the same shapes many times (evaluation, a server), not in
   a one-shot command line run. An exported artefact (`python -m hub.export`) gives the compiled speed without that
-  minute; when one next to the weights matches the machine it is used instead of compiling.
+  minute; when one next to the weights matches the machine it is used instead of compiling. Inductor's freezing
+  (weights as constants, stored in oneDNN's layouts) is not used: in torch 2.13 it fails to lower the model once a
+  second image size makes the shapes symbolic.
 
 Exported artefacts (written by `python -m hub.export`, loaded here): an AOTInductor package `epng_inference.pt2` or
 an ONNX model `epng_inference.onnx` next to the weights, with a manifest `epng_inference.json` recording its format
@@ -71,7 +74,7 @@ class EpngInferenceSettings:
     """What `optimize_for_inference` applied to a model (kept as `model.inference_settings`).
 
     Args:
-        dtype: `"bf16"` (autocast) or `"fp32"`.
+        dtype: `"bf16"` (autocast, linear and convolution weights stored in bf16) or `"fp32"`.
         dtype_reason: why that dtype was picked.
         channels_last: weights (and inputs) in channels_last memory format.
         folded_batch_norms: number of batch norms folded into their convolutions.
@@ -174,6 +177,21 @@ def fold_batch_norms_into_convolutions(module: nn.Module) -> int:
     return len(pairs)
 
 
+@torch.no_grad()
+def store_weights_in(module: nn.Module, dtype: torch.dtype) -> None:
+    """Store the weights and biases of every `nn.Linear` and `nn.Conv2d` in `dtype` (in place).
+
+    Autocast casts them to its dtype at every call (it keeps the cast only of weights that require a gradient): for
+    the paper's model 512 casts and 88 ms of a 2.1 s bf16 forward on a CPU. Stored in that dtype they are cast once,
+    and autocast computes exactly what it computed before. Embeddings and norms keep their fp32 weights, as autocast
+    runs them in fp32.
+    """
+    for submodule in module.modules():
+        if isinstance(submodule, nn.Linear | nn.Conv2d):
+            for parameter in submodule.parameters(recurse=False):
+                parameter.data = parameter.data.to(dtype)
+
+
 def _autocast_forward(forward, device_type: str, dtype: torch.dtype, channels_last: bool, **defaults):
     """`forward` under autocast to `dtype`, with pixel values in channels_last, floating outputs back in fp32, and
     `defaults` for the keyword arguments the caller does not pass."""
@@ -230,12 +248,16 @@ def optimize_for_inference(
     folded = fold_batch_norms_into_convolutions(model) if fold_batch_norms else 0
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    package, artifact, exported_dtype, outputs = (None, None, None, None)
+    artifact, manifest = (None, {})
     if use_artifact:
-        package, artifact, exported_dtype, outputs = load_artifact(model, None if dtype == "auto" else dtype_name)
-    if artifact is not None and exported_dtype != dtype_name:
+        artifact, manifest = usable_artifact(model, None if dtype == "auto" else dtype_name)
+    if artifact is not None and manifest["dtype"] != dtype_name:
         reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
-        dtype_name = exported_dtype
+        dtype_name = manifest["dtype"]
+    if dtype_name != "fp32":
+        store_weights_in(model, DTYPES[dtype_name])
+    package, outputs = load_artifact(model, artifact, manifest) if artifact is not None else (None, None)
+    artifact = str(artifact) if package is not None else None
     model.forward = _autocast_forward(
         model.forward, device.type, DTYPES[dtype_name], channels_last, output_pixel_embeddings=False
     )
@@ -441,19 +463,25 @@ def _artifact_forward(model, package, output_names: tuple[str, ...], eager_forwa
     return artifact_forward
 
 
-def load_artifact(model, dtype: str | None):
-    """The matching exported artefact (see `find_artifact`) loaded, as (package, path, dtype, names of the outputs it
-    returns), or four Nones; logs one line when an artefact exists but cannot be used."""
+def usable_artifact(model, dtype: str | None) -> tuple[Path | None, dict]:
+    """The path and manifest of the exported artefact that can serve `model` here (see `find_artifact`), or None and
+    an empty manifest; logs one line when an artefact exists but cannot be used."""
     artifact, reason, manifest = _match_artifact(model, dtype)
     if artifact is None:
         if reason.startswith("no exported artefact"):
             logger.info(f"EPNG: {reason}; running the eager fast path.")
         else:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
-        return None, None, None, None
+        return None, {}
+    return artifact, manifest
+
+
+def load_artifact(model, artifact: Path, manifest: dict):
+    """The artefact at `artifact` loaded for the prepared `model`, as (package, names of the outputs it returns), or
+    two Nones (logged) when the model's weights are not laid out as the package reads them."""
     outputs = tuple(manifest.get("outputs", LEGACY_ARTIFACT_OUTPUTS))
     if manifest.get("format") == "onnx":
-        return OnnxRuntimeProgram(artifact, output_names=outputs), str(artifact), manifest["dtype"], outputs
+        return OnnxRuntimeProgram(artifact, output_names=outputs), outputs
     from .aoti_package import hand_model_weights, load_aoti_package
 
     package = load_aoti_package(artifact)
@@ -461,5 +489,5 @@ def load_artifact(model, dtype: str | None):
         package, reason = hand_model_weights(package, model, manifest.get("weights_layout_sha256"))
         if package is None:
             logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
-            return None, None, None, None
-    return package, str(artifact), manifest["dtype"], outputs
+            return None, None
+    return package, outputs

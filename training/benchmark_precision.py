@@ -58,10 +58,14 @@ def _floats(value, dtype):
     return value
 
 
-def run_in(owner, name: str, dtype: torch.dtype) -> None:
+def run_in(owner, name: str, dtype: torch.dtype, fp32_owner=None) -> None:
     """Make the method `name` of `owner` run in `dtype`, its outputs in fp32: under bf16 autocast, or with autocast
-    off and its float inputs cast to fp32."""
+    off and its float inputs cast to fp32. A bf16 fast path stores the linear and convolution weights in bf16: to
+    run in fp32, a module `owner` takes the weights of `fp32_owner`, the same module of the fp32 fast path."""
     forward = getattr(owner, name)
+    if dtype == torch.float32 and isinstance(owner, torch.nn.Module):
+        for parameter, fp32_parameter in zip(owner.parameters(), fp32_owner.parameters(), strict=True):
+            parameter.data = fp32_parameter.data
 
     @functools.wraps(forward)
     def forward_in_dtype(*args, **kwargs):
@@ -148,10 +152,12 @@ def measure(model_dir: str, inputs: dict) -> dict:
     for part in PARTS:
         variants[f"{part} alone in bf16"] = ("fp32", part, torch.bfloat16)
         variants[f"{part} in fp32"] = ("bf16", part, torch.float32)
+    fp32_model = prepared("fp32")
     for name, (base_dtype, part, part_dtype) in variants.items():
         model = prepared(base_dtype)
-        for owner, method in part_calls(model, part) if part else []:
-            run_in(owner, method, part_dtype)
+        calls = zip(part_calls(model, part), part_calls(fp32_model, part), strict=True) if part else []
+        for (owner, method), (fp32_owner, _) in calls:
+            run_in(owner, method, part_dtype, fp32_owner)
         with torch.inference_mode():
             # the head's product is in the model's forward: it is recomputed in its own dtype from its inputs
             if part == "head":

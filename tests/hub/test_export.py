@@ -10,7 +10,12 @@ import torch
 
 from hub import export
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
-from modeling_epng.aoti_package import hand_model_weights, load_aoti_package
+from modeling_epng.aoti_package import (
+    hand_model_weights,
+    load_aoti_package,
+    model_weights_for,
+    weights_layout_sha256,
+)
 from modeling_epng.inference import (
     ARTIFACT_FILES,
     MANIFEST_FILE,
@@ -199,7 +204,13 @@ def test_auto_dtype_takes_the_artifact_in_the_dtype_its_export_picked(exported_d
     manifest_path = folder / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     other = "fp32" if manifest["dtype"] == "bf16" else "bf16"
-    manifest_path.write_text(json.dumps(dict(manifest, dtype=other)))
+    # As if exported in the other dtype: then its weights are laid out as the model prepared in that dtype lays them.
+    prepared = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference(
+        other, use_artifact=False
+    )
+    package = load_aoti_package(folder / ARTIFACT_FILES["aoti"])
+    layout = weights_layout_sha256(model_weights_for(package, prepared))
+    manifest_path.write_text(json.dumps(dict(manifest, dtype=other, weights_layout_sha256=layout)))
     auto = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference()
     assert auto.inference_settings.artifact == str(folder / ARTIFACT_FILES["aoti"])
     assert auto.inference_settings.dtype == other

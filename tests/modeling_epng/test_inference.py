@@ -154,3 +154,35 @@ def test_fast_path_skips_the_pixel_embeddings_unless_asked():
     assert (
         asked.pixel_embeddings - expected.pixel_embeddings
     ).abs().max() <= 0.05 * expected.pixel_embeddings.abs().max()
+
+
+def test_weights_stored_in_bf16_compute_what_autocast_computed(monkeypatch):
+    inputs = make_inputs(64, 96, 3)
+    monkeypatch.setattr(inference, "store_weights_in", lambda module, dtype: None)
+    autocast_only = make_model().optimize_for_inference(dtype="bf16")
+    monkeypatch.undo()
+    stored = make_model().optimize_for_inference(dtype="bf16")
+    assert stored.visual_encoder.lateral_convs[0].weight.dtype == torch.bfloat16
+    assert stored.phrase_encoder.text_projection.bias.dtype == torch.bfloat16
+    assert stored.phrase_encoder.text_encoder.embeddings.word_embeddings.weight.dtype == torch.float32
+    with torch.inference_mode():
+        expected, actual = autocast_only(**inputs), stored(**inputs)
+        tokens = stored.get_token_features(inputs["input_ids"], inputs["attention_mask"])
+        expected_tokens = autocast_only.get_token_features(inputs["input_ids"], inputs["attention_mask"])
+    assert torch.equal(actual.mask_logits, expected.mask_logits)
+    assert torch.equal(actual.phrase_embeddings, expected.phrase_embeddings)
+    assert torch.equal(tokens, expected_tokens)
+
+
+def test_compiled_fast_path_matches_fp32_across_image_sizes_and_phrase_counts():
+    torch._dynamo.reset()
+    reference = make_model()
+    fast = make_model().optimize_for_inference(dtype="bf16", compile=True, use_artifact=False)
+    assert fast.inference_settings.compiled
+    for height, width, num_phrases in [(64, 96, 3), (96, 64, 5)]:
+        inputs = make_inputs(height, width, num_phrases)
+        with torch.inference_mode():
+            expected = reference(**inputs).mask_logits
+            actual = fast(**inputs).mask_logits
+        assert actual.dtype == torch.float32 and actual.shape == expected.shape
+        assert (actual.sigmoid() - expected.sigmoid()).abs().max() <= MAX_PROBABILITY_ERROR

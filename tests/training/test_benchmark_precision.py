@@ -38,12 +38,14 @@ def test_every_part_in_fp32_reproduces_fp32_and_so_does_the_recomputed_head(mode
     reference = EpngForPanopticNarrativeGrounding.from_pretrained(model_folder).eval()
     mixed = EpngForPanopticNarrativeGrounding.from_pretrained(model_folder)
     mixed.optimize_for_inference(dtype="bf16", use_artifact=False)
+    fp32 = EpngForPanopticNarrativeGrounding.from_pretrained(model_folder)
+    fp32.optimize_for_inference(dtype="fp32", use_artifact=False)
     with torch.inference_mode():
         expected = reference(**inputs).mask_logits
         bf16 = mixed(**inputs).mask_logits
         for part in PARTS:
-            for owner, method in part_calls(mixed, part):
-                run_in(owner, method, torch.float32)
+            for (owner, method), (fp32_owner, _) in zip(part_calls(mixed, part), part_calls(fp32, part), strict=True):
+                run_in(owner, method, torch.float32, fp32_owner)
         # all that is left in bf16 is the head, recomputed here in fp32
         actual = forward_with_head(mixed, inputs, torch.float32)
         head_in_bf16 = forward_with_head(reference, inputs, torch.bfloat16)
