@@ -159,12 +159,19 @@ def test_compiled_flex_path_keeps_no_score_matrix_per_head(one_thread):
         fused_peak = host_memory.measure(lambda: compiled(tokens, (side, side)))["peak_memory_increase_mb"] * MIB
         fused, _ = compiled(tokens, (side, side))
         attention.implementation = "explicit"
-        explicit_peak = host_memory.measure(lambda: attention(tokens, (side, side)))["peak_memory_increase_mb"] * MIB
+
+        def batched():  # the explicit path of training and of output_attentions: all heads' logits at once
+            return attention(tokens, (side, side), output_attentions=True)
+
+        explicit_peak = host_memory.measure(batched)["peak_memory_increase_mb"] * MIB
+        per_head_peak = host_memory.measure(lambda: attention(tokens, (side, side)))["peak_memory_increase_mb"] * MIB
         explicit, _ = attention(tokens, (side, side))
     assert torch.allclose(fused, explicit, atol=1e-4)
     assert explicit_peak >= scores_bytes  # the measurement sees the explicit path's (B, heads, N, N) logits
-    # Inductor's CPU kernel holds one N x N buffer per thread (measured), not one per batch element and head.
+    # Inductor's CPU kernel holds one N x N buffer per thread (measured), not one per batch element and head; the
+    # explicit inference path one head's logits and probabilities.
     assert fused_peak < scores_bytes / 4
+    assert per_head_peak < scores_bytes / 2
 
 
 def test_scaled_prior_is_kept_between_no_grad_calls_and_follows_the_weights():
@@ -182,3 +189,17 @@ def test_scaled_prior_is_kept_between_no_grad_calls_and_follows_the_weights():
     assert not torch.allclose(first, changed)
     torch.testing.assert_close(changed, expected, rtol=0, atol=0)
     assert attention.scaled_prior((3, 4), 0.5, torch.bfloat16).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_one_head_at_a_time_equals_the_batched_attention(dtype):
+    config = EpngConfig.tiny(self_attention_type="lpa", attention_dropout=0.0)
+    attention = EpngLocalityPerceptiveAttention(config).eval()
+    with torch.no_grad():
+        attention.distance_weights.copy_(torch.linspace(0.5, 2.0, attention.num_heads))
+    tokens = torch.randn(2, 12, config.hidden_size)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        per_head, _ = attention(tokens, (3, 4))
+        batched, probabilities = attention(tokens, (3, 4), output_attentions=True)
+    assert probabilities is not None and per_head.dtype == dtype
+    torch.testing.assert_close(per_head, batched, rtol=0, atol=0)
