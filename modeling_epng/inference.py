@@ -9,6 +9,8 @@
   bits moves a logit near 0 by up to ~0.1-0.3, and the probability of a mask-boundary pixel by 1.6e-2 to 2.8e-2 for
   each part alone, 8.7e-2 for all together (mean 1.7e-4; 1.8e-4 of the mask pixels flip); no part kept in fp32 brings
   that under 1e-2 (`python -m training.benchmark_precision`). Ask for `dtype="fp32"` where that matters.
+* packed linears (eager bf16 on a CPU that computes bf16 natively): each linear layer keeps a copy of its weight in
+  the blocked layout oneDNN's matrix product reads, instead of oneDNN reordering it at every call; bit-identical.
 * channels_last weights and inputs: oneDNN's (CPU) and cuDNN's fastest convolutions work in that layout.
 * batch-norm folding: every batch norm that directly follows a convolution (frozen ones and `nn.BatchNorm2d` in eval
   mode) is folded into the convolution's weight and bias, which removes a full pass over each feature map.
@@ -49,6 +51,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .packed_linear import pack_linear_weights
+
 logger = logging.get_logger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -80,6 +84,8 @@ class EpngInferenceSettings:
         folded_batch_norms: number of batch norms folded into their convolutions.
         compiled: the forward runs through `torch.compile`.
         artifact: path of the exported artefact the forward runs, or None.
+        packed_linears: number of linear layers computing with their bf16 weights kept in oneDNN's layout (eager
+            bf16 on a CPU that computes bf16 natively; see `packed_linear.py`).
     """
 
     dtype: str
@@ -88,6 +94,7 @@ class EpngInferenceSettings:
     folded_batch_norms: int
     compiled: bool
     artifact: str | None = None
+    packed_linears: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -267,9 +274,14 @@ def optimize_for_inference(
     if package is not None:
         model.forward = _artifact_forward(model, package, outputs, model.forward)
     compile = compile and artifact is None
+    packed = 0
     if compile:
         model.compile()
-    model.inference_settings = EpngInferenceSettings(dtype_name, reason, channels_last, folded, compile, artifact)
+    elif device.type == "cpu" and artifact is None and dtype_name == "bf16" and native_bf16_reason(device)[0]:
+        packed = pack_linear_weights(model)
+    model.inference_settings = EpngInferenceSettings(
+        dtype_name, reason, channels_last, folded, compile, artifact, packed
+    )
     logger.info(f"EPNG inference settings: {model.inference_settings.to_dict()}")
     return model
 

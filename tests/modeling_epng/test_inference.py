@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding, inference
+from modeling_epng.packed_linear import EpngPackedLinear, pack_linear_weights
 from modeling_epng.visual_encoder import EpngFrozenBatchNorm2d
 
 MAX_PROBABILITY_ERROR = 1e-2
@@ -186,3 +187,37 @@ def test_compiled_fast_path_matches_fp32_across_image_sizes_and_phrase_counts():
             actual = fast(**inputs).mask_logits
         assert actual.dtype == torch.float32 and actual.shape == expected.shape
         assert (actual.sigmoid() - expected.sigmoid()).abs().max() <= MAX_PROBABILITY_ERROR
+
+
+def test_packed_linears_compute_what_the_linears_computed(monkeypatch):
+    inputs = make_inputs(64, 96, 3)
+    monkeypatch.setattr(inference, "pack_linear_weights", lambda module: 0)
+    unpacked = make_model().optimize_for_inference(dtype="bf16")
+    monkeypatch.undo()
+    packed = make_model().optimize_for_inference(dtype="bf16")
+    native = inference.native_bf16_reason("cpu")[0]
+    linears = [module for module in packed.modules() if isinstance(module, torch.nn.Linear)]
+    assert packed.inference_settings.packed_linears == (len(linears) if native else 0)
+    assert all(isinstance(linear, EpngPackedLinear) == native for linear in linears)
+    with torch.inference_mode():
+        expected, actual = unpacked(**inputs), packed(**inputs)
+    assert torch.equal(actual.mask_logits, expected.mask_logits)
+    assert torch.equal(actual.phrase_embeddings, expected.phrase_embeddings)
+
+
+def test_a_packed_linear_follows_changes_of_its_weight():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 16).bfloat16()
+    reference = torch.nn.Linear(32, 16).bfloat16()
+    reference.load_state_dict(linear.state_dict())
+    assert pack_linear_weights(linear) == 1 and isinstance(linear, EpngPackedLinear)
+    hidden_states = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        for change in (lambda weight: weight.mul_(-2), lambda weight: weight.copy_(torch.randn_like(weight))):
+            change(linear.weight)
+            reference.weight.copy_(linear.weight)
+            expected = torch.nn.functional.linear(hidden_states.bfloat16(), reference.weight, reference.bias)
+            torch.testing.assert_close(linear(hidden_states), expected, rtol=1.6e-2, atol=1e-2)
+            assert not torch.equal(linear(hidden_states), linear.weight.new_zeros(2, 5, 16))
+        linear.weight = torch.nn.Parameter(torch.zeros_like(linear.weight))
+        assert torch.equal(linear(hidden_states), linear.bias.expand(2, 5, 16))
