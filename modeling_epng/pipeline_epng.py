@@ -40,7 +40,7 @@ from transformers.image_utils import load_image
 
 from .background_parsing import background_phrase_parser
 from .phrase_extraction import cached_phrase_spans
-from .processing_epng import resolve_phrase_spans
+from .phrase_spans import resolve_phrase_spans
 
 TASK = "panoptic-narrative-grounding"
 

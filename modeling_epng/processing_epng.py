@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,10 +26,15 @@ from transformers.processing_utils import ProcessorMixin
 
 from .configuration_epng import EpngConfig
 from .phrase_extraction import extract_phrase_spans
+from .phrase_spans import (
+    PhraseSpec,
+    assign_phrases_to_tokens,
+    check_phrase_nesting,
+    is_integer,
+    resolve_phrase_spans,
+    token_phrase_ids,
+)
 
-PhraseSpec = tuple[int, int] | str
-
-_SNIPPET_LENGTH = 40
 # Post-processing refuses target sizes above PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about
 # 13377 x 13377): an image that large cannot be opened by default anyway, and a typo such as 50000 x 50000 would
 # otherwise allocate gigabytes per phrase.
@@ -39,92 +43,10 @@ MAX_TARGET_PIXELS = 178_956_970
 _RESIZE_CHUNK_PIXELS = 2**25
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _snippet(text: str) -> str:
-    return text if len(text) <= _SNIPPET_LENGTH else text[:_SNIPPET_LENGTH] + "..."
-
-
-def resolve_phrase_spans(text: str, phrases: Sequence[PhraseSpec], narrative_index: int = 0) -> list[tuple[int, int]]:
-    """
-    Turn one narrative's phrases into validated character spans.
-
-    Args:
-        text (`str`):
-            The narrative.
-        phrases (`list[tuple[int, int] | str]`):
-            Per phrase, a `(char_start, char_end)` span (end exclusive) or the phrase's text. A text is searched
-            for from the end of the previous phrase onwards, so repeated words match in order of appearance.
-        narrative_index (`int`, *optional*, defaults to 0):
-            Index of the narrative in its batch, used in error messages.
-
-    Returns:
-        `list[tuple[int, int]]`: one span per phrase, in the given order.
-
-    Raises:
-        `ValueError`: a phrase text not found, or a span that is empty, whitespace only, outside the text or
-        overlapping another span. The message names the narrative (batch index and snippet) and the span.
-    """
-    where = f"narrative {narrative_index} ({_snippet(text)!r})"
-    spans = []
-    search_from = 0
-    for phrase in phrases:
-        if isinstance(phrase, str):
-            start = text.find(phrase, search_from) if phrase else -1
-            if start < 0:
-                raise ValueError(f"Phrase {phrase!r} not found in {where} after character {search_from}.")
-            span = (start, start + len(phrase))
-        else:
-            if len(phrase) != 2:
-                raise ValueError(f"Span {phrase!r} of {where} must be a (char_start, char_end) pair.")
-            if not all(_is_integer(offset) for offset in phrase):
-                raise ValueError(f"Span {tuple(phrase)!r} of {where} must hold integer character offsets.")
-            span = (int(phrase[0]), int(phrase[1]))
-            if not 0 <= span[0] <= span[1] <= len(text):
-                raise ValueError(f"Span {span} is outside {where}, which has {len(text)} characters.")
-            if span[0] == span[1]:
-                raise ValueError(f"Span {span} of {where} is empty.")
-        if not text[span[0] : span[1]].strip():
-            raise ValueError(f"Span {span} of {where} covers only whitespace.")
-        spans.append(span)
-        search_from = span[1]
-
-    ordered = sorted(spans)
-    for previous, current in zip(ordered, ordered[1:], strict=False):
-        if current[0] < previous[1]:
-            raise ValueError(f"Spans {previous} and {current} of {where} overlap.")
-    return spans
-
-
-def _holds_sequences(phrase) -> bool:
-    return isinstance(phrase, (list, tuple)) and any(isinstance(item, (str, list, tuple)) for item in phrase)
-
-
-def _check_phrase_nesting(phrases) -> None:
-    """Raise `ValueError` unless `phrases` holds one list of phrases (strings or spans) per narrative; the spans
-    themselves are checked by [`resolve_phrase_spans`]."""
-    for index, narrative in enumerate(phrases):
-        if isinstance(narrative, str) or (
-            isinstance(narrative, (list, tuple)) and narrative and all(_is_integer(item) for item in narrative)
-        ):
-            raise ValueError(
-                f"`phrases` must hold one list of phrases per narrative, but item {index} is the phrase "
-                f"{narrative!r}: for a batch `text=[t0, t1]` pass `phrases=[[phrases of t0], [phrases of t1]]` "
-                "(a single narrative `text=t0` takes `phrases=[phrases of t0]`)."
-            )
-        if not isinstance(narrative, (list, tuple)) or any(map(_holds_sequences, narrative)):
-            raise ValueError(
-                f"`phrases` item {index} must be a list of phrase strings or (char_start, char_end) spans, got "
-                f"{narrative!r}: lists nested one level too deep?"
-            )
-
-
 def _check_max_length(max_length: int, tokenizer) -> None:
     """Refuse a token budget the tokenizer's model cannot embed (its position embeddings end there)."""
     limit = getattr(tokenizer, "model_max_length", None)
-    if not _is_integer(max_length) or max_length < 1:
+    if not is_integer(max_length) or max_length < 1:
         raise ValueError(f"`max_length` must be a positive integer, got {max_length!r}.")
     # Tokenizers without a known limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
     if limit is not None and limit < 10**9 and max_length > limit:
@@ -138,7 +60,7 @@ def _check_target_size(target_size, max_target_pixels: int | None) -> tuple[int,
     """`(height, width)` as ints; `ValueError` unless it is a pair of positive integers within the pixel budget."""
     if isinstance(target_size, (torch.Tensor, np.ndarray)):
         target_size = target_size.tolist()
-    if not isinstance(target_size, (tuple, list)) or len(target_size) != 2 or not all(map(_is_integer, target_size)):
+    if not isinstance(target_size, (tuple, list)) or len(target_size) != 2 or not all(map(is_integer, target_size)):
         raise ValueError(f"A target size must be a (height, width) pair of integers, got {target_size!r}.")
     height, width = (int(side) for side in target_size)
     if height < 1 or width < 1:
@@ -150,31 +72,6 @@ def _check_target_size(target_size, max_target_pixels: int | None) -> tuple[int,
             "max_target_pixels=None."
         )
     return height, width
-
-
-def token_phrase_ids(
-    offsets: np.ndarray, is_text_token: np.ndarray | None, spans: Sequence[tuple[int, int]]
-) -> np.ndarray:
-    """
-    Index of the phrase each token belongs to: the token's character range overlaps the phrase's span.
-
-    Args:
-        offsets (`np.ndarray` of shape `(T, 2)`): Character range of every token (fast tokenizer offset mapping).
-        is_text_token (`np.ndarray` of shape `(T,)`, *optional*): False for special and padding tokens; `None` where
-            their offsets are (0, 0), which overlap no span.
-        spans (`list[tuple[int, int]]`): The phrase spans; they must not overlap.
-
-    Returns:
-        `np.ndarray` of shape `(T,)`, int64: phrase index, or -1 for tokens outside every phrase. A token that
-        straddles two spans (a phrase boundary inside a word piece) goes to the first.
-    """
-    if not spans:
-        return np.full(len(offsets), -1, dtype=np.int64)
-    span_array = np.asarray(spans, dtype=np.int64)
-    overlaps = (offsets[:, None, 0] < span_array[None, :, 1]) & (offsets[:, None, 1] > span_array[None, :, 0])
-    if is_text_token is not None:
-        overlaps &= is_text_token[:, None]
-    return np.where(overlaps.any(axis=1), overlaps.argmax(axis=1), -1).astype(np.int64)
 
 
 class EpngProcessor(ProcessorMixin):
@@ -291,7 +188,7 @@ class EpngProcessor(ProcessorMixin):
             if panoptic_maps is not None and not isinstance(panoptic_maps, (list, tuple)):
                 panoptic_maps = [panoptic_maps]
         if phrases is not None and not automatic_phrases:
-            _check_phrase_nesting(phrases)
+            check_phrase_nesting(phrases)
         _check_max_length(max_length, self.tokenizer)
 
         data: dict[str, Any] = {}
@@ -347,7 +244,7 @@ class EpngProcessor(ProcessorMixin):
         if return_offsets_mapping:
             text_inputs["offset_mapping"] = torch.from_numpy(offset_mapping)
         if phrases is not None:
-            text_inputs.update(self._assign_phrases(texts, phrases, offset_mapping, max_length, stacklevel=4))
+            text_inputs.update(assign_phrases_to_tokens(texts, phrases, offset_mapping, max_length, stacklevel=4))
         return text_inputs
 
     def phrase_inputs(
@@ -373,48 +270,14 @@ class EpngProcessor(ProcessorMixin):
             `dict` with `phrase_ids` long `(B, T)` and `phrase_mask` bool `(B, P)`.
         """
         texts, phrases = ([text], [phrases]) if isinstance(text, str) else (list(text), phrases)
-        _check_phrase_nesting(phrases)
+        check_phrase_nesting(phrases)
         offsets = offset_mapping.numpy() if isinstance(offset_mapping, torch.Tensor) else np.asarray(offset_mapping)
         if offsets.ndim != 3 or offsets.shape[0] != len(texts) or offsets.shape[2] != 2:
             raise ValueError(
                 f"`offset_mapping` must have shape (B={len(texts)}, T, 2), got {tuple(offsets.shape)}: pass the one "
                 "returned with these narratives."
             )
-        return self._assign_phrases(texts, phrases, offsets, max_length, stacklevel=3)
-
-    @staticmethod
-    def _assign_phrases(texts, phrases, offsets: np.ndarray, max_length, stacklevel: int) -> dict[str, torch.Tensor]:
-        """Phrase ids and mask from the token offsets ((0, 0) for special and padding tokens); `ValueError` for a
-        phrase that covers no token, a warning for one that truncation left without tokens."""
-        if len(phrases) != len(texts):
-            raise ValueError(f"Got {len(phrases)} phrase lists for {len(texts)} narratives.")
-        all_spans = [
-            resolve_phrase_spans(text, narrative, index)
-            for index, (text, narrative) in enumerate(zip(texts, phrases, strict=True))
-        ]
-        num_phrase_slots = max((len(spans) for spans in all_spans), default=0)
-        phrase_ids = np.full(offsets.shape[:2], -1, dtype=np.int64)
-        phrase_mask = np.zeros((len(texts), num_phrase_slots), dtype=bool)
-        for index, (text, spans) in enumerate(zip(texts, all_spans, strict=True)):
-            phrase_ids[index] = token_phrase_ids(offsets[index], None, spans)
-            has_tokens = np.zeros(len(spans), dtype=bool)
-            has_tokens[phrase_ids[index][phrase_ids[index] >= 0]] = True
-            phrase_mask[index, : len(spans)] = has_tokens
-            kept_text_end = int(offsets[index][:, 1].max(initial=0))
-            for phrase_index in np.flatnonzero(~has_tokens):
-                start, end = spans[phrase_index]
-                if start < kept_text_end:  # not truncated: the span holds only characters the tokenizer drops
-                    raise ValueError(
-                        f"Span {(start, end)} ({text[start:end]!r}) of narrative {index} ({_snippet(text)!r}) "
-                        "covers no token."
-                    )
-                warnings.warn(
-                    f"Phrase {phrase_index} {text[start:end]!r} of narrative {index} ({_snippet(text)!r}) lost all "
-                    f"its tokens to truncation at max_length={max_length}; it is masked out of `phrase_mask`.",
-                    UserWarning,
-                    stacklevel=stacklevel,
-                )
-        return {"phrase_ids": torch.from_numpy(phrase_ids), "phrase_mask": torch.from_numpy(phrase_mask)}
+        return assign_phrases_to_tokens(texts, phrases, offsets, max_length, stacklevel=3)
 
     @staticmethod
     def _pad_mask_labels(mask_labels: list[torch.Tensor], num_phrase_slots: int) -> torch.Tensor:

@@ -63,6 +63,7 @@ CODE_FILES = [
     "losses.py",
     "modeling_epng.py",
     "phrase_extraction.py",
+    "phrase_spans.py",
     "pipeline_epng.py",
     "processing_epng.py",
     "visual_encoder.py",

@@ -30,6 +30,7 @@ PACKAGE_CODE_FILES = {
     "processing_epng.py": "modeling_epng/processing_epng.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
     "phrase_extraction.py": "modeling_epng/phrase_extraction.py",
+    "phrase_spans.py": "modeling_epng/phrase_spans.py",
     "background_parsing.py": "modeling_epng/background_parsing.py",
     "pipeline_epng.py": "modeling_epng/pipeline_epng.py",
 }
