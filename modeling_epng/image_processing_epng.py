@@ -341,7 +341,9 @@ class EpngImageProcessor(BaseImageProcessor):
         if return_tensors is not None:
             if len({tuple(image.shape) for image in pixel_values}) > 1:
                 raise ValueError("Images of different sizes cannot be stacked: keep `do_resize=True`.")
-            data["pixel_values"] = torch.stack(data["pixel_values"])
+            # One image (the pipeline's case) is a view of its own fresh tensor: stacking would copy it.
+            images = data["pixel_values"]
+            data["pixel_values"] = images[0][None] if len(images) == 1 else torch.stack(images)
             if str(return_tensors) in ("np", "TensorType.NUMPY"):
                 data["pixel_values"] = data["pixel_values"].numpy()
                 if "mask_labels" in data:

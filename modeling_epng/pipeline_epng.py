@@ -29,6 +29,7 @@ this package.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -185,31 +186,48 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
             if parse_in_background:
                 pending = background_phrase_parser(spacy_model).submit(narrative)
         image = inputs.get("image")
+        if image is None:
+            raise ValueError("Give an image with the narrative (a path, an http(s) URL, a PIL image or an array).")
         if isinstance(image, str):
             image = load_image(image, timeout=timeout)
+        if pending is not None:
+            # The narrative is tokenised now, for the text encoder to start; its image is processed in `_forward`
+            # after the text encoder, while the child may still be parsing, and its phrases mapped onto this
+            # tokenisation once the child answers. The image goes as a deferred call, which no device move touches.
+            encoded = self.processor(text=narrative, max_length=max_length, return_offsets_mapping=True)
+            return {
+                "input_ids": encoded["input_ids"],
+                "attention_mask": encoded["attention_mask"],
+                "narrative": narrative,
+                "process_image": functools.partial(self.processor.image_processor, image, return_tensors="pt"),
+                "pending_spans": pending,
+                "offset_mapping": encoded["offset_mapping"].numpy(),  # stays on the CPU, where phrases map onto it
+                "max_length": max_length,
+            }
         if not isinstance(phrases, str):
             phrases = resolve_phrase_spans(narrative, phrases)
         encoded = self.processor(
             images=image,
             text=narrative,
-            phrases=None if pending is not None else phrases,
+            phrases=phrases,
             max_length=max_length,
             return_original_sizes=True,
-            return_offsets_mapping=pending is not None,
             spacy_model=spacy_model,
         )
-        model_inputs = {
+        spans = encoded["phrase_spans"][0] if isinstance(phrases, str) else phrases
+        return {
             "pixel_values": encoded["pixel_values"],
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
-            "original_size": tuple(int(side) for side in encoded["original_sizes"][0]),
+            "original_size": self._original_size(encoded),
             "narrative": narrative,
+            **self._phrase_inputs(encoded),
+            "spans": [tuple(span) for span in spans],
         }
-        if pending is not None:  # the phrase inputs are made in `_forward`, once the child has parsed the narrative
-            offsets = encoded["offset_mapping"].numpy()  # kept on the CPU: the phrases are mapped onto it there
-            return {**model_inputs, "pending_spans": pending, "offset_mapping": offsets, "max_length": max_length}
-        spans = encoded["phrase_spans"][0] if isinstance(phrases, str) else phrases
-        return {**model_inputs, **self._phrase_inputs(encoded), "spans": [tuple(span) for span in spans]}
+
+    @staticmethod
+    def _original_size(encoded) -> tuple[int, int]:
+        return tuple(int(side) for side in encoded["original_sizes"][0])
 
     @staticmethod
     def _phrase_inputs(encoded) -> dict:
@@ -221,12 +239,18 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         token_features = None
         if "pending_spans" in model_inputs:  # the narrative is being parsed in the child process meanwhile
             token_features = self.model.get_token_features(model_inputs["input_ids"], model_inputs["attention_mask"])
+            image_inputs = model_inputs["process_image"]()
             spans = model_inputs["pending_spans"].result()
             encoded = self.processor.phrase_inputs(
                 model_inputs["narrative"], spans, model_inputs["offset_mapping"], model_inputs["max_length"]
             )
-            phrase_inputs = {key: value.to(self.device) for key, value in self._phrase_inputs(encoded).items()}
-            model_inputs = {**model_inputs, **phrase_inputs, "spans": [tuple(span) for span in spans]}
+            model_inputs = {
+                **model_inputs,
+                **{key: value.to(self.device) for key, value in self._phrase_inputs(encoded).items()},
+                "pixel_values": image_inputs["pixel_values"].to(self.device),
+                "original_size": self._original_size(image_inputs),
+                "spans": [tuple(span) for span in spans],
+            }
         phrase_mask = model_inputs["phrase_mask"]
         passthrough = {key: model_inputs[key] for key in ("original_size", "narrative", "spans")}
         if phrase_mask.shape[1] == 0:  # no phrase in any narrative of the batch

@@ -160,6 +160,9 @@ def test_bad_inputs_name_the_problem(grounder):
         grounder([image, image], ["a dog"])
     with pytest.raises(ValueError, match="one phrase list per narrative"):
         grounder([(image, "a dog")], phrases=["a dog"])
+    for parse_in_background in (False, True):
+        with pytest.raises(ValueError, match="Give an image"):
+            grounder(None, "a dog on the grass", parse_in_background=parse_in_background)
     with pytest.raises(TypeError, match="Unknown arguments.*'thresold'"):
         grounder(image, "a dog", thresold=0.3)
 
