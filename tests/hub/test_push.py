@@ -62,6 +62,7 @@ CODE_FILES = [
     "inference.py",
     "losses.py",
     "modeling_epng.py",
+    "packed_linear.py",
     "phrase_extraction.py",
     "phrase_spans.py",
     "pipeline_epng.py",

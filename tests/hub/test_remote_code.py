@@ -24,6 +24,7 @@ PACKAGE_CODE_FILES = {
     "attention.py": "modeling_epng/attention.py",
     "losses.py": "modeling_epng/losses.py",
     "inference.py": "modeling_epng/inference.py",
+    "packed_linear.py": "modeling_epng/packed_linear.py",
     "aoti_package.py": "modeling_epng/aoti_package.py",
     "communicator.py": "modeling_epng/communicator.py",
     "visual_encoder.py": "modeling_epng/visual_encoder.py",
