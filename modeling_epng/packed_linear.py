@@ -23,7 +23,7 @@ class EpngPackedLinear(nn.Linear):
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if torch.compiler.is_compiling():  # also true while torch.export traces
             # A traced graph has no real weight to pack; Inductor lays out the weights of its own kernels.
             return super().forward(hidden_states)
         weight = self.weight
