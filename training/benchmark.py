@@ -16,6 +16,9 @@ tiny configuration at 64 px for smoke tests. Sections (each a list of records in
 * `paths` (`--paths`): batch-1 latency of the bare model and of the pipeline (with and without automatic phrases)
   at the benchmark's size, per inference setting (fp32 eager, fast path, compiled, artefact); see
   `training/benchmark_paths.py`.
+* `kernels` (`--kernels`, CPU): GFLOP/s of the paper model's main linear and convolution shapes in fp32, bf16 and
+  (matrix product) int8, and each dtype's speed-up over fp32: the ceiling of a whole-model ratio on this CPU; see
+  `training/benchmark_kernels.py`.
 * `breakdown` (`--breakdown`): per-part forward time (backbone, FPN + fusion, text encoder, communicator, head).
 * `profile` (`--profile`): torch.profiler's top-10 operators of one forward.
 
@@ -42,6 +45,7 @@ from modeling_epng.configuration_epng import check_input_size
 
 from . import benchmark_paths
 from .benchmark_fast_path import add_arguments, check_arguments, fast_path_section, instruction_sets
+from .benchmark_kernels import kernel_throughput
 from .benchmark_pipeline import pipeline_overhead
 from .benchmark_processor import processor_throughput
 from .benchmark_report import device_name, format_report
@@ -297,6 +301,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--pipeline_image_size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), help="image size (the input size)"
     )
+    parser.add_argument(
+        "--kernels", action="store_true", help="also time the main operators in fp32 / bf16 / int8 (CPU)"
+    )
     parser.add_argument("--breakdown", action="store_true", help="also time the model's parts")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top-10 operators")
     parser.add_argument("--iterations", type=int, help="timed iterations (cuda: 20, cpu: 3)")
@@ -445,6 +452,8 @@ def run(argv=None) -> dict:
             args.pipeline_image_size,
             args.seed,
         )
+    if args.kernels:
+        report["kernels"] = kernel_throughput(args.tiny, args.warmup, args.iterations, args.seed)
     if args.training:
         measurements += training_measurements(config, args, device, measure)
     report.update(measurements=measurements, ratios=latency_ratios(measurements))

@@ -11,6 +11,7 @@ import re
 import torch
 
 from .benchmark_fast_path import format_fast_path
+from .benchmark_kernels import format_kernel_throughput
 from .benchmark_paths import format_user_paths
 from .benchmark_pipeline import format_pipeline_overhead
 from .benchmark_timing import KEY_FIELDS
@@ -81,6 +82,8 @@ def format_report(report: dict) -> str:
         lines += ["", f"Processor: skipped: {processor['reason']}"]
     if report.get("paths"):
         lines += format_user_paths(report["paths"])
+    if report.get("kernels"):
+        lines += format_kernel_throughput(report["kernels"])
     if report.get("pipeline"):
         lines += format_pipeline_overhead(report["pipeline"])
     return "\n".join(lines)
