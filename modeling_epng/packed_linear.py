@@ -5,8 +5,8 @@ layout its kernel reads, at every call. `EpngPackedLinear` keeps that reordered 
 product with it: outputs are bit-identical, and the paper's model at 640 px gets 2-3 % faster on an AMD EPYC with
 avx512_bf16 (one thread; 6-18 % per linear layer in isolation), the demo's model at 224 px 13 %. The price is a second
 copy of the linear weights, 208 MiB for the paper's model (BERT-base included): the dense weight stays, as the state
-dict, `torch.compile` and `torch.export` read it. The copy is made again whenever the weight is changed in place or
-replaced, so the layer always computes with its current weight.
+dict, `torch.compile` and `torch.export` read it. The copy is made at the second call with a weight, and again
+whenever the weight is changed in place or replaced, so the layer always computes with its current weight.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ class EpngPackedLinear(nn.Linear):
         weight = self.weight
         key = (weight.data_ptr(), weight._version)
         if getattr(self, "_packed_key", None) != key:
+            if getattr(self, "_seen_key", None) != key:
+                # The first call with a weight computes as `nn.Linear` does, so that a process grounding one image
+                # (the CLI) does not pay for a layout it never reuses: oneDNN's first product on a packed weight
+                # costs more than the reorder itself (1.3-1.4 s more for the paper's model's first forward).
+                self._seen_key = key
+                return super().forward(hidden_states.to(weight.dtype))
             self._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
             self._packed_key = key
         return torch.ops.mkldnn._linear_pointwise(
