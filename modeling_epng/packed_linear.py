@@ -32,7 +32,8 @@ class EpngPackedLinear(nn.Linear):
             if getattr(self, "_seen_key", None) != key:
                 # The first call with a weight computes as `nn.Linear` does, so that a process grounding one image
                 # (the CLI) does not pay for a layout it never reuses: oneDNN's first product on a packed weight
-                # costs more than the reorder itself (1.3-1.4 s more for the paper's model's first forward).
+                # costs more than the reorder itself (1.3-1.7 s more for the paper's model's first forward, AMD EPYC,
+                # one thread).
                 self._seen_key = key
                 return super().forward(hidden_states.to(weight.dtype))
             self._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
