@@ -14,10 +14,13 @@ DEMO_DIR ?= outputs/demo
 
 install: $(VENV)/.installed
 
+# torchao (epng[int8]) serves the int8 export tests from a folder of its own that only their export subprocess puts on
+# its path: installed in the environment, transformers would import it in every process of the suite.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/int8-export "torchao>=0.18,<0.19"
 	touch $@
 
 demo: install

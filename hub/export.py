@@ -1,6 +1,7 @@
 """Export a trained EPNG once, so that every later process loads it compiled in seconds instead of compiling it.
 
     python -m hub.export --model_name_or_path DIR [--format aoti|onnx] [--dtype auto|bf16|fp32] [--max_image_size 2048]
+    python -m hub.export --model_name_or_path DIR --dtype int8 --calibration_dataset DATASET_DIR
 
 `torch.export` of the inference fast path of `model.optimize_for_inference()`, written into DIR next to the weights
 with its manifest `epng_inference.json` in one of two formats:
@@ -16,6 +17,10 @@ with its manifest `epng_inference.json` in one of two formats:
 its manifest matches the machine; see `modeling_epng/inference.py`. A folder holds one artefact at a time: an export
 replaces the manifest of the one before and removes its files.
 
+`--dtype int8` (AOTInductor only, CPU): the program quantised to int8 by torchao's PT2E quantiser (`pip install
+'epng[int8]'` to export; running it needs torch only), calibrated on the validation split of a 🤗 PNG dataset, with
+its int8 weights inside the package (see `hub/quantize.py`). It is checked by its masks, not by `--tolerance`.
+
 The program is exported with a dynamic batch size, image height and width (multiples of 32 up to
 `--max_image_size`), token count and phrase count. Before anything is written, the artefact is checked against the
 fp32 eager model on two input sizes: the export fails if a probability differs by more than `--tolerance`.
@@ -24,6 +29,7 @@ fp32 eager model on two input sizes: the export fails if a probability differs b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -50,12 +56,15 @@ from modeling_epng.inference import (
     MANIFEST_FILE,
     OnnxRuntimeProgram,
     artifact_files,
+    fold_batch_norms_into_convolutions,
     machine_fingerprint,
     onnxruntime_version,
     read_manifest,
     weights_sha256,
     weights_stats,
 )
+
+from .quantize import mask_agreement, quantize_program, quantizer_modules, validation_batches
 
 FORMATS = tuple(ARTIFACT_FILES)
 MAX_BATCH_SIZE = 64
@@ -65,15 +74,17 @@ MAX_PHRASES = 256
 class EpngInferenceProgram(nn.Module):
     """What the artefact computes: the fast-path model from token-level inputs to `ARTIFACT_OUTPUTS`."""
 
-    def __init__(self, model: EpngForPanopticNarrativeGrounding):
+    def __init__(self, model: EpngForPanopticNarrativeGrounding, dtype: torch.dtype):
         super().__init__()
         self.model = model
-        self.dtype = DTYPES[model.inference_settings.dtype]
+        self.dtype = dtype
 
     def forward(self, pixel_values, input_ids, attention_mask, phrase_ids, phrase_mask):
         # The model's forward reads the phrase count from phrase_ids' values, which an exported graph cannot; pooling
-        # the phrases first and passing phrase_features takes the same path without that read.
-        with torch.autocast(pixel_values.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        # the phrases first and passing phrase_features takes the same path without that read. In fp32 no autocast
+        # region at all: the quantiser of an int8 export does not look inside one.
+        low_precision = self.dtype != torch.float32
+        with torch.autocast(pixel_values.device.type, dtype=self.dtype) if low_precision else contextlib.nullcontext():
             features = self.model.phrase_encoder.pool_phrases(
                 input_ids, attention_mask, phrase_ids, phrase_mask.shape[1]
             )
@@ -127,9 +138,14 @@ def max_probability_error(package, reference: EpngForPanopticNarrativeGrounding,
 
 def compile_aoti(program: torch.export.ExportedProgram, path: Path, device: str, model) -> tuple[object, dict]:
     """Compile `program` into the AOTInductor package `path` without the weights, which a load hands it from the model
-    it prepares (see `modeling_epng/aoti_package.py`); returns it with `model`'s weights and its manifest entries."""
+    it prepares (see `modeling_epng/aoti_package.py`); returns it with `model`'s weights and its manifest entries.
+    With `model` None (an int8 program, whose int8 weights the model does not have) the weights go into the package,
+    frozen: Inductor then stores them in oneDNN's int8 layouts once, instead of reordering them at every call."""
     from torch._inductor import aoti_compile_and_package
 
+    if model is None:
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+        return load_aoti_package(path), {**machine_fingerprint(device), "weights_in_package": True}
     configs = {"aot_inductor.package_constants_in_so": False}
     aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     package = load_aoti_package(path)
@@ -171,12 +187,27 @@ def export(
     max_image_size: int = 2048,
     tolerance: float = 1e-2,
     device: str = "cpu",
+    calibration_dataset: str | Path | None = None,
+    calibration_batches: int = 4,
+    calibration_batch_size: int = 8,
+    min_mean_iou: float = 0.98,
 ) -> dict:
-    """Export the model of `model_dir` into `model_dir` (see the module docstring); returns the manifest."""
+    """Export the model of `model_dir` into `model_dir` (see the module docstring); returns the manifest.
+
+    `dtype="int8"` quantises the program first (see `hub/quantize.py`) on `calibration_batches` batches of
+    `calibration_batch_size` narratives of the validation split of the 🤗 PNG dataset `calibration_dataset`, and
+    checks it on as many batches after those: their masks must reach a mean IoU of `min_mean_iou` against fp32's
+    (`tolerance` does not apply)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if format == "onnx" and (dtype == "bf16" or torch.device(device).type != "cpu"):
+    if format == "onnx" and (dtype in ("bf16", "int8") or torch.device(device).type != "cpu"):
         raise ValueError(f"an ONNX artefact is fp32 for the CPU, got dtype {dtype!r} and device {device!r}")
+    if dtype == "int8":
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"an int8 artefact runs oneDNN's CPU kernels, got device {device!r}")
+        if calibration_dataset is None:
+            raise ValueError("--dtype int8 needs --calibration_dataset: a 🤗 PNG dataset folder to calibrate on")
+        quantizer_modules()  # before minutes of work: says which extra to install
     if max_image_size < 32 or max_image_size % 32:
         raise ValueError(f"max_image_size must be a positive multiple of 32, got {max_image_size}")
     model_dir = Path(model_dir)
@@ -184,36 +215,56 @@ def export(
         raise FileNotFoundError(f"{model_dir} is not a saved EPNG folder (no config.json); export writes next to it")
     reference = EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).to(device).eval()
     model = EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).to(device)
-    model.optimize_for_inference(dtype="fp32" if format == "onnx" else dtype, use_artifact=False)
+    if dtype == "int8":
+        # The fp32 model with its batch norms folded, without the fast path's autocast wrapper, whose region (even
+        # disabled) the quantiser would not look inside.
+        model.eval().requires_grad_(False)
+        fold_batch_norms_into_convolutions(model)
+        program_dtype = torch.float32
+    else:
+        model.optimize_for_inference(dtype="fp32" if format == "onnx" else dtype, use_artifact=False)
+        program_dtype = DTYPES[model.inference_settings.dtype]
     config = model.config
+    shapes = dynamic_shapes(config, max_image_size)
+    if dtype == "int8":
+        batches = validation_batches(
+            model_dir, calibration_dataset, calibration_batch_size, 2 * calibration_batches, device
+        )
+        calibration, held_out = batches[:calibration_batches], batches[calibration_batches:]
     # Batch 2 and sizes above 1 so that no dimension is specialised to the example's value.
     inputs = example_inputs(config, 2, 64, 96, 3, 16, device)
     start = time.perf_counter()
     program = torch.export.export(
-        EpngInferenceProgram(model).eval(),
-        (),
-        inputs,
-        dynamic_shapes=dynamic_shapes(config, max_image_size),
-        strict=False,
+        EpngInferenceProgram(model, program_dtype).eval(), (), inputs, dynamic_shapes=shapes, strict=False
     )
+    if dtype == "int8":
+        program = quantize_program(program, calibration, inputs, shapes)
     artifact_file = ARTIFACT_FILES[format]
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-") as staging:
         staged = Path(staging, artifact_file)
         if format == "aoti":
-            package, built_for = compile_aoti(program, staged, device, model)
+            package, built_for = compile_aoti(program, staged, device, None if dtype == "int8" else model)
         else:
             package, built_for = translate_onnx(program, staged, device)
         seconds = time.perf_counter() - start
         checks = [inputs, example_inputs(config, 1, 96, 64, 5, 24, device)]
         error = max(max_probability_error(package, reference, check) for check in checks)
-        if error > tolerance:
+        if dtype == "int8":
+            checked = mask_agreement(package, reference, held_out)
+            if checked["mean_mask_iou"] < min_mean_iou:
+                raise RuntimeError(
+                    f"the int8 program's masks agree with fp32's by a mean IoU of {checked['mean_mask_iou']:.4f} < "
+                    f"{min_mean_iou} on {checked['mask_iou_phrases']} validation phrases"
+                )
+            built_for = {**built_for, **checked, "calibration_narratives": calibration_batches * calibration_batch_size}
+        elif error > tolerance:
             raise RuntimeError(
                 f"the exported program's probabilities differ from fp32 eager by {error:.2e} > {tolerance}"
             )
         manifest = {
             "format": format,
             "file": artifact_file,
-            "dtype": model.inference_settings.dtype,
+            "dtype": "int8" if dtype == "int8" else model.inference_settings.dtype,
             "outputs": list(ARTIFACT_OUTPUTS),
             **built_for,
             "weights_sha256": weights_sha256(model_dir),
@@ -243,15 +294,33 @@ def run(argv=None) -> dict:
         "--format", default="aoti", choices=FORMATS, help="aoti: AOTInductor package (default); onnx: ONNX, fp32, CPU"
     )
     parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 where computed natively"
+        "--dtype",
+        default="auto",
+        choices=("auto", "bf16", "fp32", "int8"),
+        help="auto: bf16 where computed natively; int8: quantised, needs --calibration_dataset and torchao",
     )
     parser.add_argument("--max_image_size", type=int, default=2048, help="largest image side it accepts (2048)")
     parser.add_argument("--tolerance", type=float, default=1e-2, help="largest probability error accepted (1e-2)")
     parser.add_argument("--device", default="cpu", help="device it runs on (cpu, cuda)")
+    parser.add_argument("--calibration_dataset", help="int8: 🤗 PNG dataset folder whose validation split calibrates")
+    parser.add_argument("--calibration_batches", type=int, default=4, help="int8: batches that calibrate (4)")
+    parser.add_argument("--calibration_batch_size", type=int, default=8, help="int8: narratives per batch (8)")
+    parser.add_argument(
+        "--min_mean_iou", type=float, default=0.98, help="int8: least mean mask IoU against fp32 accepted (0.98)"
+    )
     args = parser.parse_args(argv)
     try:
         manifest = export(
-            args.model_name_or_path, args.format, args.dtype, args.max_image_size, args.tolerance, args.device
+            args.model_name_or_path,
+            args.format,
+            args.dtype,
+            args.max_image_size,
+            args.tolerance,
+            args.device,
+            args.calibration_dataset,
+            args.calibration_batches,
+            args.calibration_batch_size,
+            args.min_mean_iou,
         )
     except (ValueError, FileNotFoundError, ImportError) as error:
         parser.error(str(error))

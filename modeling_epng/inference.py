@@ -31,6 +31,10 @@ runs in an onnxruntime CPU session (as many intra-op threads as torch uses when 
 onnxruntime (`pip install 'epng[onnx]'`), at least the version it was exported with, the same weights, and
 `dtype="fp32"`, or `"auto"` on a CPU without native bf16 (on one with it, the bf16 eager fast path is faster). When
 an artefact does not match, one log line says why not, and the eager fast path runs.
+An int8 AOTInductor package (`python -m hub.export --dtype int8`) holds its own int8 weights, so it is loaded without
+the model's; `dtype="auto"` takes it like any other package, `dtype="int8"` requires it, and the calls it does not
+cover run fp32 eager. Its probabilities differ from fp32 by tenths at mask boundaries (its export checks the masks'
+IoU instead), so it runs only where someone exported it.
 Both manifests also record the weights' sizes and modification times: while those match, the weights are not hashed
 again (most of a second for the paper's model on every load).
 """
@@ -78,7 +82,8 @@ class EpngInferenceSettings:
     """What `optimize_for_inference` applied to a model (kept as `model.inference_settings`).
 
     Args:
-        dtype: `"bf16"` (autocast, linear and convolution weights stored in bf16) or `"fp32"`.
+        dtype: `"bf16"` (autocast, linear and convolution weights stored in bf16), `"fp32"` or `"int8"` (the forward
+            runs an int8 artefact; the calls it does not cover run in fp32).
         dtype_reason: why that dtype was picked.
         channels_last: weights (and inputs) in channels_last memory format.
         folded_batch_norms: number of batch norms folded into their convolutions.
@@ -132,13 +137,13 @@ def native_bf16_reason(device: torch.device | str) -> tuple[bool, str]:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> tuple[str, str]:
-    """`"auto"`, `"bf16"`, `"fp32"` (or the torch dtype) -> (`"bf16"` or `"fp32"`, reason)."""
+    """`"auto"`, `"bf16"`, `"fp32"` (or the torch dtype), `"int8"` -> (`"bf16"`, `"fp32"` or `"int8"`, reason)."""
     names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
     dtype = names.get(dtype, dtype)
-    if dtype in DTYPES:
+    if dtype in DTYPES or dtype == "int8":
         return dtype, "asked for"
     if dtype != "auto":
-        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {dtype!r}")
+        raise ValueError(f"dtype must be 'auto', 'bf16', 'fp32' or 'int8', got {dtype!r}")
     native, reason = native_bf16_reason(device)
     return ("bf16" if native else "fp32"), reason
 
@@ -231,7 +236,8 @@ def optimize_for_inference(
     """Prepare an `EpngForPanopticNarrativeGrounding` for inference, in place; see the module docstring.
 
     Args:
-        dtype: `"auto"` (bf16 where computed natively, fp32 elsewhere), `"bf16"` or `"fp32"`.
+        dtype: `"auto"` (bf16 where computed natively, fp32 elsewhere), `"bf16"`, `"fp32"` or `"int8"` (an int8
+            artefact exported by `python -m hub.export --dtype int8`, which must be usable here).
         compile: `torch.compile` the forward (dynamic shapes). Off by default: on a CPU it costs about a minute per
             process and input shape; it pays in long-running processes only.
         channels_last: convolution weights and pixel values in channels_last memory format.
@@ -258,19 +264,27 @@ def optimize_for_inference(
     artifact, manifest = (None, {})
     if use_artifact:
         artifact, manifest = usable_artifact(model, None if dtype == "auto" else dtype_name)
+    if dtype_name == "int8" and artifact is None:
+        why = find_artifact(model, "int8")[1] if use_artifact else "use_artifact=False"
+        raise ValueError(
+            "dtype='int8' runs an int8 artefact exported next to the weights (python -m hub.export --dtype int8 "
+            f"--calibration_dataset DIR), and none can run here: {why}"
+        )
     if artifact is not None and manifest["dtype"] != dtype_name:
         reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
         dtype_name = manifest["dtype"]
-    if dtype_name != "fp32":
-        store_weights_in(model, DTYPES[dtype_name])
+    # What the artefact does not cover runs eagerly, in fp32 next to an int8 artefact.
+    eager_dtype = DTYPES.get(dtype_name, torch.float32)
+    if eager_dtype != torch.float32:
+        store_weights_in(model, eager_dtype)
     package, outputs = load_artifact(model, artifact, manifest) if artifact is not None else (None, None)
     artifact = str(artifact) if package is not None else None
     model.forward = _autocast_forward(
-        model.forward, device.type, DTYPES[dtype_name], channels_last, output_pixel_embeddings=False
+        model.forward, device.type, eager_dtype, channels_last, output_pixel_embeddings=False
     )
     # The same autocast around the text encoder run on its own, so that its token features passed back to the
     # forward give what the forward alone computes.
-    model.get_token_features = _autocast_forward(model.get_token_features, device.type, DTYPES[dtype_name], False)
+    model.get_token_features = _autocast_forward(model.get_token_features, device.type, eager_dtype, False)
     if package is not None:
         model.forward = _artifact_forward(model, package, outputs, model.forward)
     compile = compile and artifact is None
