@@ -64,7 +64,7 @@ from modeling_epng.inference import (
     weights_stats,
 )
 
-from .quantize import mask_agreement, quantize_program, quantizer_modules, validation_batches
+from .quantize import int8_kernel_calls, mask_agreement, quantize_program, quantizer_modules, validation_batches
 
 FORMATS = tuple(ARTIFACT_FILES)
 MAX_BATCH_SIZE = 64
@@ -144,7 +144,10 @@ def compile_aoti(program: torch.export.ExportedProgram, path: Path, device: str,
     from torch._inductor import aoti_compile_and_package
 
     if model is None:
-        aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+        # Inductor freezes only a graph compiled without autograd; freezing is what lowers the quantised patterns to
+        # oneDNN's int8 convolutions and matrix products (without it they run as fp32 ones between (de)quantisations).
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            aoti_compile_and_package(program, package_path=str(path))
         return load_aoti_package(path), {**machine_fingerprint(device), "weights_in_package": True}
     configs = {"aot_inductor.package_constants_in_so": False}
     aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
@@ -250,7 +253,10 @@ def export(
         checks = [inputs, example_inputs(config, 1, 96, 64, 5, 24, device)]
         error = max(max_probability_error(package, reference, check) for check in checks)
         if dtype == "int8":
-            checked = mask_agreement(package, reference, held_out)
+            kernels = int8_kernel_calls(staged)
+            if not kernels:
+                raise RuntimeError("Inductor lowered no convolution or linear layer to oneDNN's int8 kernels")
+            checked = {**mask_agreement(package, reference, held_out), "int8_kernel_calls": kernels}
             if checked["mean_mask_iou"] < min_mean_iou:
                 raise RuntimeError(
                     f"the int8 program's masks agree with fp32's by a mean IoU of {checked['mean_mask_iou']:.4f} < "

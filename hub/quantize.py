@@ -14,12 +14,17 @@ it, reaches `--min_mean_iou` (0.98 by default).
 
 from __future__ import annotations
 
+import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 from modeling_epng.inference import ARTIFACT_INPUTS
 from training.metrics import mask_iou
+
+# How AOTInductor's generated C++ calls oneDNN's int8 kernels (`aoti_torch_cpu__qconv_pointwise_tensor`, ...).
+INT8_KERNEL_CALL = re.compile(r"aoti_torch_cpu__q(?:conv|linear)\w*\(")
 
 # The modules that stay in fp32, named as in the exported program (which holds the model as its attribute `model`).
 # The text encoder is named on its own: the program calls the phrase encoder's pooling method, not the phrase encoder,
@@ -89,6 +94,14 @@ def quantize_program(
         return torch.export.export(quantized, (), example, dynamic_shapes=dynamic_shapes, strict=False)
 
 
+def int8_kernel_calls(package_path: str | Path) -> int:
+    """How many calls of oneDNN's int8 convolution and linear kernels the AOTInductor package's generated C++ makes.
+    0 means Inductor left the quantised patterns as fp32 operations between (de)quantisations: slower than fp32."""
+    with zipfile.ZipFile(package_path) as package:
+        sources = [name for name in package.namelist() if name.endswith(".wrapper.cpp")]
+        return sum(len(INT8_KERNEL_CALL.findall(package.read(name).decode())) for name in sources)
+
+
 def mask_agreement(package, reference, batches: list[dict]) -> dict:
     """Mean and lowest mask IoU and largest probability difference of `package` against the fp32 `reference` model
     on `batches`, at the model config's mask threshold."""
@@ -110,4 +123,4 @@ def mask_agreement(package, reference, batches: list[dict]) -> dict:
     }
 
 
-__all__ = ["mask_agreement", "quantize_program", "quantizer_modules", "validation_batches"]
+__all__ = ["int8_kernel_calls", "mask_agreement", "quantize_program", "quantizer_modules", "validation_batches"]

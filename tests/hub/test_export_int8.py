@@ -20,7 +20,7 @@ import torch
 from app_testing import save_tiny_model
 
 from hub import export
-from hub.quantize import mask_agreement, validation_batches
+from hub.quantize import int8_kernel_calls, mask_agreement, validation_batches
 from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE
 
@@ -60,6 +60,8 @@ def test_manifest_records_the_int8_check(int8_dir):
     manifest = json.loads((int8_dir / MANIFEST_FILE).read_text())
     assert manifest["dtype"] == "int8" and manifest["format"] == "aoti"
     assert manifest["weights_in_package"] is True  # its int8 weights are not the model's
+    # Compiled to oneDNN's int8 kernels, not to fp32 ones between (de)quantisations (what Inductor does unfrozen).
+    assert manifest["int8_kernel_calls"] == int8_kernel_calls(int8_dir / ARTIFACT_FILES["aoti"]) > 0
     assert manifest["calibration_narratives"] == CALIBRATION_BATCHES
     assert manifest["mask_iou_phrases"] > 0 and 0.0 <= manifest["min_mask_iou"] <= manifest["mean_mask_iou"] <= 1.0
     assert (int8_dir / ARTIFACT_FILES["aoti"]).is_file()
