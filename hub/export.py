@@ -60,6 +60,7 @@ from modeling_epng.inference import (
     machine_fingerprint,
     onnxruntime_version,
     read_manifest,
+    resolve_dtype,
     weights_sha256,
     weights_stats,
 )
@@ -220,10 +221,12 @@ def export(
     model = EpngForPanopticNarrativeGrounding.from_pretrained(model_dir).to(device)
     if dtype == "int8":
         # The fp32 model with its batch norms folded, without the fast path's autocast wrapper, whose region (even
-        # disabled) the quantiser would not look inside.
+        # disabled) the quantiser would not look inside. What stays in floating point runs in bf16 where the CPU
+        # computes bf16 natively, as the fast path's `dtype="auto"` picks.
         model.eval().requires_grad_(False)
         fold_batch_norms_into_convolutions(model)
         program_dtype = torch.float32
+        int8_float_dtype = resolve_dtype("auto", device)[0]
     else:
         model.optimize_for_inference(dtype="fp32" if format == "onnx" else dtype, use_artifact=False)
         program_dtype = DTYPES[model.inference_settings.dtype]
@@ -241,7 +244,7 @@ def export(
         EpngInferenceProgram(model, program_dtype).eval(), (), inputs, dynamic_shapes=shapes, strict=False
     )
     if dtype == "int8":
-        program = quantize_program(program, calibration, inputs, shapes)
+        program = quantize_program(program, calibration, inputs, shapes, DTYPES[int8_float_dtype])
     artifact_file = ARTIFACT_FILES[format]
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-") as staging:
         staged = Path(staging, artifact_file)
@@ -257,6 +260,7 @@ def export(
             if not kernels:
                 raise RuntimeError("Inductor lowered no convolution or linear layer to oneDNN's int8 kernels")
             checked = {**mask_agreement(package, reference, held_out), "int8_kernel_calls": kernels}
+            checked["int8_float_dtype"] = int8_float_dtype
             if checked["mean_mask_iou"] < min_mean_iou:
                 raise RuntimeError(
                     f"the int8 program's masks agree with fp32's by a mean IoU of {checked['mean_mask_iou']:.4f} < "

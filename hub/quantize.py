@@ -4,7 +4,9 @@ PT2E with torchao's `X86InductorQuantizer`: the convolutions and linear layers o
 communicator and the head get int8 weights (per output channel) and int8 activations (per tensor, their ranges
 observed on calibration batches of a PNG dataset's validation split); the frozen text encoder and the phrase pooling
 stay in fp32, where the phrase features that every mask depends on are computed. Inductor then compiles the
-quantised program into oneDNN's int8 kernels (VNNI, AMX), with the int8 weights inside the package.
+quantised program into oneDNN's int8 kernels (VNNI, AMX), with the int8 weights inside the package. What stays in
+floating point (the text encoder too) runs in bf16 where the CPU computes bf16 natively: on the AMD EPYC of the
+README, the int8 package with fp32 around its kernels was slower than the bf16 eager fast path.
 
 torchao is needed to quantise (`pip install 'epng[int8]'`), not to run the package: it holds only torch operators.
 The int8 program's probabilities differ from fp32 by more than bf16's (tenths at a mask's boundary), so it is judged
@@ -19,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from modeling_epng.inference import ARTIFACT_INPUTS
 from training.metrics import mask_iou
@@ -73,12 +76,38 @@ def validation_batches(
     return batches
 
 
+class _FloatOperationsIn(nn.Module):
+    """A quantised program with what stays in floating point (the text encoder, attention, norms, the head's product)
+    under autocast to `dtype`, its outputs back in fp32: the int8 kernels then take and give bf16 where they would
+    take and give fp32."""
+
+    def __init__(self, program: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.program, self.dtype = program, dtype
+
+    def forward(self, pixel_values, input_ids, attention_mask, phrase_ids, phrase_mask):
+        with torch.autocast(pixel_values.device.type, dtype=self.dtype):
+            outputs = self.program(
+                pixel_values=pixel_values,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                phrase_ids=phrase_ids,
+                phrase_mask=phrase_mask,
+            )
+        return tuple(output.float() for output in outputs)
+
+
 def quantize_program(
-    program: torch.export.ExportedProgram, calibration: list[dict], example: dict, dynamic_shapes: dict
+    program: torch.export.ExportedProgram,
+    calibration: list[dict],
+    example: dict,
+    dynamic_shapes: dict,
+    float_dtype: torch.dtype = torch.float32,
 ) -> torch.export.ExportedProgram:
-    """`program` with int8 convolutions and linear layers outside the text side, calibrated on `calibration`, exported
-    again on `example` (the inputs it was exported on: no size of 1, which would be specialised) with the same
-    `dynamic_shapes` (what AOTInductor compiles)."""
+    """`program` with int8 convolutions and linear layers outside the text side, calibrated on `calibration`, and its
+    other operations in `float_dtype`, exported again on `example` (the inputs it was exported on: no size of 1,
+    which would be specialised) with the same `dynamic_shapes` (what AOTInductor compiles). The autocast to bf16
+    comes after the quantisation: the quantiser does not look inside an autocast region."""
     x86, prepare_pt2e, convert_pt2e, move_exported_model_to_eval = quantizer_modules()
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
@@ -90,6 +119,8 @@ def quantize_program(
             prepared(**batch)
     quantized = convert_pt2e(prepared)
     move_exported_model_to_eval(quantized)
+    if float_dtype != torch.float32:
+        quantized = _FloatOperationsIn(quantized, float_dtype)
     with torch.no_grad():
         return torch.export.export(quantized, (), example, dynamic_shapes=dynamic_shapes, strict=False)
 

@@ -22,7 +22,7 @@ from app_testing import save_tiny_model
 from hub import export
 from hub.quantize import int8_kernel_calls, mask_agreement, validation_batches
 from modeling_epng import EpngForPanopticNarrativeGrounding
-from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE
+from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, resolve_dtype
 
 TORCHAO_FOLDER = Path(sys.prefix, "int8-export")
 # 2 batches of 1 narrative calibrate, 2 more check: 4 of the synthetic split's 5 validation narratives.
@@ -62,6 +62,8 @@ def test_manifest_records_the_int8_check(int8_dir):
     assert manifest["weights_in_package"] is True  # its int8 weights are not the model's
     # Compiled to oneDNN's int8 kernels, not to fp32 ones between (de)quantisations (what Inductor does unfrozen).
     assert manifest["int8_kernel_calls"] == int8_kernel_calls(int8_dir / ARTIFACT_FILES["aoti"]) > 0
+    # The rest in bf16 where this CPU computes it natively, as dtype="auto" picks.
+    assert manifest["int8_float_dtype"] == resolve_dtype("auto", "cpu")[0]
     assert manifest["calibration_narratives"] == CALIBRATION_BATCHES
     assert manifest["mask_iou_phrases"] > 0 and 0.0 <= manifest["min_mask_iou"] <= manifest["mean_mask_iou"] <= 1.0
     assert (int8_dir / ARTIFACT_FILES["aoti"]).is_file()
