@@ -1,4 +1,5 @@
-"""int8 post-training quantisation of EPNG, measured (not a shipped inference setting): PT2E with torchao's
+"""int8 post-training quantisation of EPNG compiled in the process, measured (the shipped int8 setting is the artefact
+of `python -m hub.export --dtype int8`, see `hub/quantize.py`): PT2E with torchao's
 `X86InductorQuantizer` (convolutions and linears: int8 weights per channel, int8 activations per tensor from
 calibration), compiled by Inductor with freezing, optionally with bf16 autocast for what stays in floating point.
 
