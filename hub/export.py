@@ -227,16 +227,15 @@ def export(
         fold_batch_norms_into_convolutions(model)
         program_dtype = torch.float32
         int8_float_dtype = resolve_dtype("auto", device)[0]
+        batches = validation_batches(
+            model_dir, calibration_dataset, calibration_batch_size, 2 * calibration_batches, device
+        )
+        calibration, held_out = batches[:calibration_batches], batches[calibration_batches:]
     else:
         model.optimize_for_inference(dtype="fp32" if format == "onnx" else dtype, use_artifact=False)
         program_dtype = DTYPES[model.inference_settings.dtype]
     config = model.config
     shapes = dynamic_shapes(config, max_image_size)
-    if dtype == "int8":
-        batches = validation_batches(
-            model_dir, calibration_dataset, calibration_batch_size, 2 * calibration_batches, device
-        )
-        calibration, held_out = batches[:calibration_batches], batches[calibration_batches:]
     # Batch 2 and sizes above 1 so that no dimension is specialised to the example's value.
     inputs = example_inputs(config, 2, 64, 96, 3, 16, device)
     start = time.perf_counter()

@@ -25,6 +25,7 @@ from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, resolve_dtype
 
 TORCHAO_FOLDER = Path(sys.prefix, "int8-export")
+REPOSITORY = Path(__file__).resolve().parents[2]
 # 2 batches of 1 narrative calibrate, 2 more check: 4 of the synthetic split's 5 validation narratives.
 CALIBRATION_BATCHES = 2
 
@@ -49,7 +50,7 @@ def int8_dir(tmp_path_factory, minilm_path, synthetic_dataset_dir):
     # Random weights put many pixels near the threshold, so the masks' agreement is not what is tested here.
     command += ["--calibration_batches", str(CALIBRATION_BATCHES), "--calibration_batch_size", "1"]
     command += ["--min_mean_iou", "0"]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(torchao_path), os.getcwd()])}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(torchao_path), str(REPOSITORY)])}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
