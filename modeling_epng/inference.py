@@ -35,6 +35,8 @@ An int8 AOTInductor package (`python -m hub.export --dtype int8`) holds its own 
 the model's; `dtype="auto"` takes it like any other package, `dtype="int8"` requires it, and the calls it does not
 cover run fp32 eager. Its probabilities differ from fp32 by tenths at mask boundaries (its export checks the masks'
 IoU instead), so it runs only where someone exported it.
+An artefact exported with `--fixed_shapes` (batch 1, the processor's image size, a number of phrase slots) takes
+calls of that image size and up to that many phrases, padded (`fixed_shape_program.py`); the others run eagerly.
 Both manifests also record the weights' sizes and modification times: while those match, the weights are not hashed
 again (most of a second for the paper's model on every load).
 """
@@ -55,6 +57,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .fixed_shape_program import FixedShapeProgram
 from .packed_linear import pack_linear_weights
 
 logger = logging.get_logger(__name__)
@@ -469,6 +472,7 @@ def _artifact_forward(model, package, output_names: tuple[str, ...], eager_forwa
     from .modeling_epng import EpngOutput
 
     signature = inspect.signature(eager_forward)
+    fixed_shapes = isinstance(package, FixedShapeProgram)
 
     @functools.wraps(eager_forward)
     def artifact_forward(*args, **kwargs):
@@ -483,6 +487,10 @@ def _artifact_forward(model, package, output_names: tuple[str, ...], eager_forwa
             arguments["attention_mask"] = torch.ones_like(arguments["input_ids"])
         inputs = {name: arguments[name].to(model.device, dtype) for name, dtype in ARTIFACT_INPUTS.items()}
         model._check_inputs(**inputs, phrase_features=None, mask_labels=None)
+        refusal = package.refusal(inputs["pixel_values"], inputs["phrase_mask"]) if fixed_shapes else None
+        if refusal is not None:
+            logger.warning_once(f"EPNG: the exported artefact does not take a call ({refusal}); running it eagerly.")
+            return eager_forward(*args, **kwargs)
         outputs = dict(zip(output_names, package(**inputs), strict=True))
         return EpngOutput(**{name: outputs[name] for name in ARTIFACT_OUTPUTS})
 
@@ -507,13 +515,17 @@ def load_artifact(model, artifact: Path, manifest: dict):
     two Nones (logged) when the model's weights are not laid out as the package reads them."""
     outputs = tuple(manifest.get("outputs", LEGACY_ARTIFACT_OUTPUTS))
     if manifest.get("format") == "onnx":
-        return OnnxRuntimeProgram(artifact, output_names=outputs), outputs
-    from .aoti_package import hand_model_weights, load_aoti_package
+        package = OnnxRuntimeProgram(artifact, output_names=outputs)
+    else:
+        from .aoti_package import hand_model_weights, load_aoti_package
 
-    package = load_aoti_package(artifact)
-    if not manifest.get("weights_in_package", True):  # the export left them out: the model's are handed over
-        package, reason = hand_model_weights(package, model, manifest.get("weights_layout_sha256"))
-        if package is None:
-            logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
-            return None, None
+        package = load_aoti_package(artifact)
+        if not manifest.get("weights_in_package", True):  # the export left them out: the model's are handed over
+            package, reason = hand_model_weights(package, model, manifest.get("weights_layout_sha256"))
+            if package is None:
+                logger.warning(f"EPNG: not using the exported artefact next to the weights ({reason}); running eager.")
+                return None, None
+    fixed_shapes = manifest.get("fixed_shapes")
+    if fixed_shapes:
+        package = FixedShapeProgram(package, fixed_shapes["image_size"], fixed_shapes["phrase_slots"])
     return package, outputs

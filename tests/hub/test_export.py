@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from app_testing import save_tiny_model
 
 from hub import export
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
@@ -16,6 +17,7 @@ from modeling_epng.aoti_package import (
     model_weights_for,
     weights_layout_sha256,
 )
+from modeling_epng.fixed_shape_program import FixedShapeProgram
 from modeling_epng.inference import (
     ARTIFACT_FILES,
     MANIFEST_FILE,
@@ -216,6 +218,48 @@ def test_auto_dtype_takes_the_artifact_in_the_dtype_its_export_picked(exported_d
     assert auto.inference_settings.dtype == other
     asked = EpngForPanopticNarrativeGrounding.from_pretrained(folder).optimize_for_inference(dtype=manifest["dtype"])
     assert asked.inference_settings.artifact is None and asked.inference_settings.dtype == manifest["dtype"]
+
+
+@pytest.fixture(scope="module")
+def fixed_dir(tmp_path_factory, minilm_path):
+    """A saved tiny model with its 64 x 64 processor, exported for batch 1, 64 x 64 images and 4 phrase slots."""
+    folder = save_tiny_model(tmp_path_factory.mktemp("fixed"), minilm_path)
+    manifest = export.run(["--model_name_or_path", str(folder), "--fixed_shapes", "--phrase_slots", "4"])
+    assert manifest["max_probability_error"] <= MAX_PROBABILITY_ERROR
+    return folder
+
+
+def test_a_fixed_shape_artifact_takes_its_shapes_padded_and_leaves_the_others_to_eager(fixed_dir, monkeypatch, caplog):
+    manifest = json.loads((fixed_dir / MANIFEST_FILE).read_text())
+    assert manifest["fixed_shapes"] == {"batch_size": 1, "image_size": [64, 64], "phrase_slots": 4}
+    assert manifest["max_batch_size"] == 1 and manifest["max_phrases"] == 4
+    runs = []
+    run_program = FixedShapeProgram.__call__
+    monkeypatch.setattr(
+        FixedShapeProgram, "__call__", lambda self, **inputs: runs.append(1) or run_program(self, **inputs)
+    )
+    # Batches, fewer phrases than slots and any token count run on the artefact; within bf16's rounding of eager.
+    for sizes in [(2, 64, 64, 3, 16), (1, 64, 64, 4, 30)]:
+        assert_matches_eager(fixed_dir, "auto", ARTIFACT_FILES["aoti"], *sizes)
+    assert len(runs) == 2
+    # Another image size or more phrases than slots: the eager fast path, said once per reason.
+    with caplog.at_level(logging.WARNING, logger="modeling_epng.inference"):
+        for sizes, reason in [
+            ((1, 96, 64, 2, 10), "(96, 64), it was exported for (64, 64)"),
+            ((1, 64, 64, 6, 9), "6 phrase"),
+        ]:
+            assert_matches_eager(fixed_dir, "auto", ARTIFACT_FILES["aoti"], *sizes)
+            assert reason in caplog.text
+    assert len(runs) == 2
+
+
+def test_a_fixed_shape_export_needs_the_processors_image_size(tmp_path):
+    EpngForPanopticNarrativeGrounding(EpngConfig.tiny()).save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--fixed_shapes exports for the processor's image size"):
+        export.export(tmp_path, fixed_shapes=True)
+    with pytest.raises(ValueError, match="phrase_slots must be a positive number"):
+        export.export(tmp_path, fixed_shapes=True, phrase_slots=0)
+    assert not (tmp_path / MANIFEST_FILE).exists()
 
 
 def test_bad_arguments_are_refused(tmp_path):

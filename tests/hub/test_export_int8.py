@@ -20,8 +20,10 @@ import torch
 from app_testing import save_tiny_model
 
 from hub import export
+from hub.export import fixed_shape_inputs
 from hub.quantize import int8_kernel_calls, mask_agreement, validation_batches
 from modeling_epng import EpngForPanopticNarrativeGrounding
+from modeling_epng.fixed_shape_program import FixedShapeProgram
 from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, resolve_dtype
 
 TORCHAO_FOLDER = Path(sys.prefix, "int8-export")
@@ -39,14 +41,13 @@ def _torchao_path_or_skip() -> Path:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def int8_dir(tmp_path_factory, minilm_path, synthetic_dataset_dir):
-    """A tiny random model with its processor, and the int8 package exported next to it by a subprocess that has
-    torchao (this process does not)."""
+def export_int8(folder: Path, minilm_path: str, dataset_dir: Path, *options: str) -> Path:
+    """A tiny random model with its processor saved into `folder`, and the int8 package exported next to it by a
+    subprocess that has torchao (this process does not)."""
     torchao_path = _torchao_path_or_skip()
-    folder = save_tiny_model(tmp_path_factory.mktemp("int8"), minilm_path)
+    save_tiny_model(folder, minilm_path)
     command = [sys.executable, "-m", "hub.export", "--model_name_or_path", str(folder), "--dtype", "int8"]
-    command += ["--calibration_dataset", str(synthetic_dataset_dir), "--max_image_size", "256"]
+    command += ["--calibration_dataset", str(dataset_dir), *options]
     # Random weights put many pixels near the threshold, so the masks' agreement is not what is tested here.
     command += ["--calibration_batches", str(CALIBRATION_BATCHES), "--calibration_batch_size", "1"]
     command += ["--min_mean_iou", "0"]
@@ -54,6 +55,19 @@ def int8_dir(tmp_path_factory, minilm_path, synthetic_dataset_dir):
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory, minilm_path, synthetic_dataset_dir):
+    """An int8 package of dynamic shapes next to its tiny model."""
+    return export_int8(tmp_path_factory.mktemp("int8"), minilm_path, synthetic_dataset_dir, "--max_image_size", "256")
+
+
+@pytest.fixture(scope="module")
+def int8_fixed_dir(tmp_path_factory, minilm_path, synthetic_dataset_dir):
+    """An int8 package for batch 1, the processor's 64 x 64 images and 32 phrase slots, next to its tiny model."""
+    folder = tmp_path_factory.mktemp("int8-fixed")
+    return export_int8(folder, minilm_path, synthetic_dataset_dir, "--fixed_shapes")
 
 
 @pytest.mark.slow
@@ -115,6 +129,26 @@ def test_the_pipeline_grounds_with_the_int8_package(int8_dir):
     assert all(result["mask"].size == (80, 48) and result["mask"].mode == "L" for result in results)
 
 
+@pytest.mark.slow
+def test_a_fixed_shape_int8_package_runs_padded_calls(int8_fixed_dir, monkeypatch):
+    manifest = json.loads((int8_fixed_dir / MANIFEST_FILE).read_text())
+    assert manifest["fixed_shapes"] == {"batch_size": 1, "image_size": [64, 64], "phrase_slots": 32}
+    # Calibrated on single narratives padded to the fixed shapes, and compiled to the int8 kernels.
+    assert manifest["calibration_narratives"] == CALIBRATION_BATCHES and manifest["int8_kernel_calls"] > 0
+    runs = []
+    run_program = FixedShapeProgram.__call__
+    monkeypatch.setattr(
+        FixedShapeProgram, "__call__", lambda self, **inputs: runs.append(1) or run_program(self, **inputs)
+    )
+    reference = EpngForPanopticNarrativeGrounding.from_pretrained(int8_fixed_dir).eval()
+    fast = EpngForPanopticNarrativeGrounding.from_pretrained(int8_fixed_dir).optimize_for_inference(dtype="int8")
+    inputs = export.example_inputs(reference.config, 2, 64, 64, 3, 16, "cpu")
+    with torch.inference_mode():
+        expected, actual = reference(**inputs).mask_logits, fast(**inputs).mask_logits
+    assert runs == [1] and actual.shape == expected.shape == (2, 3, 16, 16)
+    assert 1e-4 < (actual.sigmoid() - expected.sigmoid()).abs().max() < 0.5
+
+
 def test_int8_without_an_int8_package_names_the_export(tmp_path, minilm_path):
     folder = save_tiny_model(tmp_path, minilm_path)
     model = EpngForPanopticNarrativeGrounding.from_pretrained(folder)
@@ -153,6 +187,25 @@ def test_validation_batches_are_the_programs_inputs(tmp_path, minilm_path, synth
         validation_batches(folder, synthetic_dataset_dir, batch_size=3, num_batches=2, device="cpu")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         validation_batches(folder, tmp_path / "missing", batch_size=1, num_batches=1, device="cpu")
+
+
+def fixed_shape_batch(batch_size, num_phrases):
+    return {
+        "pixel_values": torch.zeros(batch_size, 3, 64, 96),
+        "input_ids": torch.ones(batch_size, 7, dtype=torch.long),
+        "attention_mask": torch.ones(batch_size, 7, dtype=torch.long),
+        "phrase_ids": torch.zeros(batch_size, 7, dtype=torch.long),
+        "phrase_mask": torch.ones(batch_size, num_phrases, dtype=torch.bool),
+    }
+
+
+def test_calibration_batches_become_padded_single_narratives():
+    singles = fixed_shape_inputs([fixed_shape_batch(2, 3), fixed_shape_batch(1, 1)], (64, 96), 4)
+    assert len(singles) == 3
+    assert all(single["phrase_mask"].shape == (1, 4) for single in singles)
+    assert singles[2]["phrase_mask"].tolist() == [[True, False, False, False]]
+    with pytest.raises(ValueError, match="does not fit the fixed shapes: it has 3 phrase slots.*raise --phrase_slots"):
+        fixed_shape_inputs([fixed_shape_batch(2, 3)], (64, 96), 2)
 
 
 def test_mask_agreement_compares_thresholded_masks_of_real_phrases(tmp_path, minilm_path):

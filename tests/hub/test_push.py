@@ -58,6 +58,7 @@ CODE_FILES = [
     "background_parsing.py",
     "communicator.py",
     "configuration_epng.py",
+    "fixed_shape_program.py",
     "image_processing_epng.py",
     "inference.py",
     "losses.py",

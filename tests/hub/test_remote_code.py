@@ -26,6 +26,7 @@ PACKAGE_CODE_FILES = {
     "inference.py": "modeling_epng/inference.py",
     "packed_linear.py": "modeling_epng/packed_linear.py",
     "aoti_package.py": "modeling_epng/aoti_package.py",
+    "fixed_shape_program.py": "modeling_epng/fixed_shape_program.py",
     "communicator.py": "modeling_epng/communicator.py",
     "visual_encoder.py": "modeling_epng/visual_encoder.py",
     "processing_epng.py": "modeling_epng/processing_epng.py",
