@@ -24,7 +24,7 @@ from hub.export import fixed_shape_inputs
 from hub.quantize import int8_kernel_calls, mask_agreement, validation_batches
 from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.fixed_shape_program import FixedShapeProgram
-from modeling_epng.inference import ARTIFACT_FILES, MANIFEST_FILE, resolve_dtype
+from modeling_epng.inference import ARTIFACT_FILES, DTYPES, MANIFEST_FILE, resolve_dtype
 
 TORCHAO_FOLDER = Path(sys.prefix, "int8-export")
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -100,10 +100,12 @@ def test_the_int8_package_runs_without_torchao_and_is_quantised(int8_dir):
         difference = (actual.sigmoid() - expected.sigmoid()).abs().max()
         # int8 rounding moves the probabilities (an fp32 program would stay within 1e-6), but not arbitrarily.
         assert 1e-4 < difference < 0.5
-    # What the package does not cover (the loss) runs eagerly, in fp32.
+    # What the package does not cover (the loss) runs eagerly, in the dtype of the package's floating-point part.
     labels = torch.ones(1, 6, 128, 64)
     with torch.inference_mode():
         assert fast(**inputs, mask_labels=labels).loss is not None
+    float_dtype = DTYPES[json.loads((int8_dir / MANIFEST_FILE).read_text())["int8_float_dtype"]]
+    assert {module.weight.dtype for module in fast.modules() if isinstance(module, torch.nn.Conv2d)} == {float_dtype}
     assert "torchao" not in sys.modules
 
 
@@ -147,6 +149,11 @@ def test_a_fixed_shape_int8_package_runs_padded_calls(int8_fixed_dir, monkeypatc
         expected, actual = reference(**inputs).mask_logits, fast(**inputs).mask_logits
     assert runs == [1] and actual.shape == expected.shape == (2, 3, 16, 16)
     assert 1e-4 < (actual.sigmoid() - expected.sigmoid()).abs().max() < 0.5
+    # Another image size runs the eager fast path instead.
+    inputs = export.example_inputs(reference.config, 1, 96, 64, 2, 8, "cpu")
+    with torch.inference_mode():
+        expected, actual = reference(**inputs).mask_logits, fast(**inputs).mask_logits
+    assert runs == [1] and (actual.sigmoid() - expected.sigmoid()).abs().max() <= 1e-2
 
 
 def test_int8_without_an_int8_package_names_the_export(tmp_path, minilm_path):
