@@ -33,8 +33,9 @@ onnxruntime (`pip install 'epng[onnx]'`), at least the version it was exported w
 an artefact does not match, one log line says why not, and the eager fast path runs.
 An int8 AOTInductor package (`python -m hub.export --dtype int8`) holds its own int8 weights, so it is loaded without
 the model's; `dtype="auto"` takes it like any other package, `dtype="int8"` requires it, and the calls it does not
-cover run eagerly in the dtype its floating-point part runs in (bf16 where native, as `"auto"` picks). Its probabilities differ from fp32 by tenths at mask boundaries (its export checks the masks'
-IoU instead), so it runs only where someone exported it.
+cover run eagerly in the dtype its floating-point part runs in (bf16 where native, as `"auto"` picks). Its
+probabilities differ from fp32 by tenths at mask boundaries (its export checks the masks' IoU instead), so it runs
+only where someone exported it.
 An artefact exported with `--fixed_shapes` (batch 1, the processor's image size, a number of phrase slots) takes
 calls of that image size and up to that many phrases, padded (`fixed_shape_program.py`); the others run eagerly.
 Both manifests also record the weights' sizes and modification times: while those match, the weights are not hashed
@@ -278,7 +279,8 @@ def optimize_for_inference(
         reason = f"the exported artefact's dtype (without it: {dtype_name}, {reason})"
         dtype_name = manifest["dtype"]
     # What the artefact does not cover runs eagerly; next to an int8 artefact, in the dtype of the artefact's own
-    # floating-point part (bf16 where this CPU computes it natively, as at the export its CPU flags match).
+    # floating-point part (bf16 where the CPU computes it natively; the package runs only on the CPU flags it was
+    # exported on).
     eager_dtype = DTYPES[manifest.get("int8_float_dtype", "fp32") if dtype_name == "int8" else dtype_name]
     if eager_dtype != torch.float32:
         store_weights_in(model, eager_dtype)
