@@ -20,7 +20,6 @@ import torch
 from app_testing import save_tiny_model
 
 from hub import export
-from hub.export import fixed_shape_inputs
 from hub.quantize import int8_kernel_calls, mask_agreement, validation_batches
 from modeling_epng import EpngForPanopticNarrativeGrounding
 from modeling_epng.fixed_shape_program import FixedShapeProgram
@@ -194,25 +193,6 @@ def test_validation_batches_are_the_programs_inputs(tmp_path, minilm_path, synth
         validation_batches(folder, synthetic_dataset_dir, batch_size=3, num_batches=2, device="cpu")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         validation_batches(folder, tmp_path / "missing", batch_size=1, num_batches=1, device="cpu")
-
-
-def fixed_shape_batch(batch_size, num_phrases):
-    return {
-        "pixel_values": torch.zeros(batch_size, 3, 64, 96),
-        "input_ids": torch.ones(batch_size, 7, dtype=torch.long),
-        "attention_mask": torch.ones(batch_size, 7, dtype=torch.long),
-        "phrase_ids": torch.zeros(batch_size, 7, dtype=torch.long),
-        "phrase_mask": torch.ones(batch_size, num_phrases, dtype=torch.bool),
-    }
-
-
-def test_calibration_batches_become_padded_single_narratives():
-    singles = fixed_shape_inputs([fixed_shape_batch(2, 3), fixed_shape_batch(1, 1)], (64, 96), 4)
-    assert len(singles) == 3
-    assert all(single["phrase_mask"].shape == (1, 4) for single in singles)
-    assert singles[2]["phrase_mask"].tolist() == [[True, False, False, False]]
-    with pytest.raises(ValueError, match="does not fit the fixed shapes: it has 3 phrase slots.*raise --phrase_slots"):
-        fixed_shape_inputs([fixed_shape_batch(2, 3)], (64, 96), 2)
 
 
 def test_mask_agreement_compares_thresholded_masks_of_real_phrases(tmp_path, minilm_path):

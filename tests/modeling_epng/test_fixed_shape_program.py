@@ -1,9 +1,11 @@
 """`FixedShapeProgram`: a program of batch 1 and fixed image size and phrase slots, called with batches of fewer
-phrases, on a stand-in program that records the inputs it gets."""
+phrases, on a stand-in program that records the inputs it gets; and the export's calibration batches, padded the
+same way."""
 
 import pytest
 import torch
 
+from hub.export import fixed_shape_inputs
 from modeling_epng.fixed_shape_program import FixedShapeProgram
 
 
@@ -55,3 +57,12 @@ def test_calls_it_cannot_take_are_refused_with_the_reason():
     assert "3 phrase slots, more than the 2" in fixed.refusal(too_many["pixel_values"], too_many["phrase_mask"])
     with pytest.raises(ValueError, match="cannot run this call: it has 3 phrase slots"):
         fixed(**too_many)
+
+
+def test_calibration_batches_become_padded_single_narratives():
+    singles = fixed_shape_inputs([batch(2, 3), batch(1, 1)], (64, 96), 4)
+    assert len(singles) == 3
+    assert all(single["phrase_mask"].shape == (1, 4) for single in singles)
+    assert singles[2]["phrase_mask"].tolist() == [[True, False, False, False]]
+    with pytest.raises(ValueError, match="does not fit the fixed shapes: it has 3 phrase slots.*raise --phrase_slots"):
+        fixed_shape_inputs([batch(2, 3)], (64, 96), 2)
