@@ -290,3 +290,25 @@ def test_post_processing_equals_the_plain_formula(processor, threshold):
     scores = torch.where(masks, probabilities, 0.0).sum(dim=(1, 2)) / masks.sum(dim=(1, 2)).clamp(min=1)
     assert masks[1].any() and not masks[2].any()
     assert torch.equal(result["masks"], masks) and torch.equal(result["scores"], scores)
+
+
+@pytest.mark.parametrize("target_size", [(36, 44), (18, 11), (27, 88), (9 * 8, 11 * 5)])
+def test_integer_multiple_targets_match_interpolate_within_a_rounding(processor, target_size, monkeypatch):
+    """A target at an integer multiple of the mask size takes the per-axis resize, not `F.interpolate`, and gives its
+    masks, but for pixels within a float32 rounding of the threshold, and its scores to 1e-6."""
+    interpolate = torch.nn.functional.interpolate
+    logits = torch.randn(5, 9, 11, generator=torch.Generator().manual_seed(1)) * 3
+    logits[3] = -20.0
+    probabilities = interpolate(logits.sigmoid()[None], size=target_size, mode="bilinear", align_corners=False)[0]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.interpolate called for an integer multiple of the mask size")
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", refuse)
+    result = processor.post_process_image_grounding(logits, target_size, 0.5)
+    masks = probabilities >= 0.5
+    scores = torch.where(masks, probabilities, 0.0).sum(dim=(1, 2)) / masks.sum(dim=(1, 2)).clamp(min=1)
+    assert result["masks"].shape == masks.shape and masks.any() and not result["masks"][3].any()
+    differing = result["masks"] != masks
+    assert ((probabilities - 0.5).abs()[differing] < 1e-6).all()
+    torch.testing.assert_close(result["scores"], scores, rtol=0, atol=1e-6)

@@ -59,13 +59,14 @@ def test_bad_target_sizes_are_refused_before_allocating(processor, target_size, 
         processor.post_process_grounding(logits, [target_size])
 
 
-def test_large_targets_are_resized_a_few_phrases_at_a_time(processor, monkeypatch):
+@pytest.mark.parametrize("target_size", [(48, 40), (48, 32)])  # by F.interpolate, by the per-axis integer resize
+def test_large_targets_are_resized_a_few_phrases_at_a_time(processor, monkeypatch, target_size):
     import modeling_epng.processing_epng as processing_epng
 
     logits = torch.randn(1, 5, 16, 16, generator=torch.Generator().manual_seed(0))
-    whole = processor.post_process_grounding(logits, [(48, 40)])[0]
+    whole = processor.post_process_grounding(logits, [target_size])[0]
     monkeypatch.setattr(processing_epng, "_RESIZE_CHUNK_PIXELS", 2 * 48 * 40)  # two phrases per chunk
-    chunked = processor.post_process_grounding(logits, [torch.tensor([48, 40])])[0]
+    chunked = processor.post_process_grounding(logits, [torch.tensor(target_size)])[0]
     assert torch.equal(whole["masks"], chunked["masks"]) and torch.equal(whole["scores"], chunked["scores"])
     assert MAX_TARGET_PIXELS == 178_956_970
     limit = processor.post_process_grounding(logits, [(48, 40)], max_target_pixels=48 * 40)
