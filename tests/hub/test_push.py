@@ -62,6 +62,7 @@ CODE_FILES = [
     "image_processing_epng.py",
     "inference.py",
     "losses.py",
+    "mask_resize.py",
     "modeling_epng.py",
     "packed_linear.py",
     "phrase_extraction.py",

@@ -30,6 +30,7 @@ PACKAGE_CODE_FILES = {
     "communicator.py": "modeling_epng/communicator.py",
     "visual_encoder.py": "modeling_epng/visual_encoder.py",
     "processing_epng.py": "modeling_epng/processing_epng.py",
+    "mask_resize.py": "modeling_epng/mask_resize.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
     "phrase_extraction.py": "modeling_epng/phrase_extraction.py",
     "phrase_spans.py": "modeling_epng/phrase_spans.py",

@@ -292,19 +292,29 @@ def test_post_processing_equals_the_plain_formula(processor, threshold):
     assert torch.equal(result["masks"], masks) and torch.equal(result["scores"], scores)
 
 
-@pytest.mark.parametrize("target_size", [(36, 44), (18, 11), (27, 88), (9 * 8, 11 * 5)])
-def test_integer_multiple_targets_match_interpolate_within_a_rounding(processor, target_size, monkeypatch):
-    """A target at an integer multiple of the mask size takes the per-axis resize, not `F.interpolate`, and gives its
-    masks, but for pixels within a float32 rounding of the threshold, and its scores to 1e-6."""
+@pytest.mark.parametrize(
+    "target_size",
+    [(36, 44), (18, 11), (27, 88), (9 * 8, 11 * 5)]  # integer multiples of the masks' 9 x 11: one pass per phase
+    + [(37, 29), (100, 23), (5, 7)],  # the others, with the CPU's blocked resize made to take them (5 x 7 shrinks)
+)
+def test_resizes_other_than_interpolate_match_it_within_a_rounding(processor, target_size, monkeypatch):
+    """The per-phase resize of integer multiples and the blocked resize of other large targets (here forced for small
+    ones, with blocks of two rows, shorter than the runs of 11 rows that blend the same inputs at 100 / 9) do not call
+    `F.interpolate`, and give its masks, but for pixels within a float32 rounding of the threshold, and its scores to
+    1e-6."""
+    import modeling_epng.mask_resize as mask_resize
+
     interpolate = torch.nn.functional.interpolate
     logits = torch.randn(5, 9, 11, generator=torch.Generator().manual_seed(1)) * 3
     logits[3] = -20.0
     probabilities = interpolate(logits.sigmoid()[None], size=target_size, mode="bilinear", align_corners=False)[0]
 
     def refuse(*args, **kwargs):
-        raise AssertionError("F.interpolate called for an integer multiple of the mask size")
+        raise AssertionError("F.interpolate called")
 
     monkeypatch.setattr(torch.nn.functional, "interpolate", refuse)
+    monkeypatch.setattr(mask_resize, "_BLOCKED_RESIZE_MIN_PIXELS", 1)
+    monkeypatch.setattr(mask_resize, "_RESIZE_BLOCK_PIXELS", 2 * 5 * target_size[1])
     result = processor.post_process_image_grounding(logits, target_size, 0.5)
     masks = probabilities >= 0.5
     scores = torch.where(masks, probabilities, 0.0).sum(dim=(1, 2)) / masks.sum(dim=(1, 2)).clamp(min=1)
