@@ -179,14 +179,17 @@ def segment_union_masks(id_map: np.ndarray, phrase_segment_ids: Sequence[Sequenc
     return masks
 
 
-def _to_rgb_tensor(image: Any, input_data_format: ChannelDimension | str | None) -> tuple[torch.Tensor, bool]:
-    """One image → (contiguous float `(3, H, W)` tensor, whether its values are integers on the 0–255 scale).
-
-    Channels first in memory too: the antialiased resize of a channels-last image gives the same values but takes
-    several times longer (20 ms instead of 3.5 ms from 640 x 480 to 224 x 224 on one core)."""
+def _to_rgb_tensor(
+    image: Any, input_data_format: ChannelDimension | str | None
+) -> tuple[torch.Tensor | np.ndarray, bool]:
+    """One image → (float `(3, H, W)` tensor, whether its values are integers on the 0–255 scale). An 8-bit PIL image
+    comes as its uint8 `(3, H, W)` array instead (a view of the decoded pixels), which `_transform` casts in the same
+    pass as it rescales or resizes."""
     if isinstance(image, Image.Image):
-        array = _pil_to_rgb_array(image)  # one pass casts and transposes
-        return torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=np.float32)), True
+        array = _pil_to_rgb_array(image).transpose(2, 0, 1)
+        if array.dtype == np.uint8:
+            return array, True
+        return torch.from_numpy(np.array(array, dtype=np.float32)), True
     if isinstance(image, torch.Tensor):
         return _array_to_rgb_tensor(image, input_data_format), not image.dtype.is_floating_point
     if isinstance(image, np.ndarray):
@@ -352,7 +355,7 @@ class EpngImageProcessor(BaseImageProcessor):
 
     def _transform(
         self,
-        image: torch.Tensor,
+        image: torch.Tensor | np.ndarray,
         is_integer: bool,
         do_resize: bool,
         size: SizeDict,
@@ -364,10 +367,20 @@ class EpngImageProcessor(BaseImageProcessor):
         image_std: Sequence[float],
         **unused_kwargs,
     ) -> torch.Tensor:
-        """Resize, rescale and normalise one float `(3, H, W)` image, into a new contiguous tensor."""
+        """Resize, rescale and normalise one float `(3, H, W)` image (or the uint8 array of an 8-bit PIL image), into a
+        new contiguous tensor."""
         # Resizing to the size the image has is the identity (every kernel weight is 1 or 0): skipped, it gives the
         # same values without a pass over the image.
-        if do_resize and tuple(image.shape[-2:]) != (size.height, size.width):
+        resizes = do_resize and tuple(image.shape[-2:]) != (size.height, size.width)
+        owned = False
+        if isinstance(image, np.ndarray):
+            if do_rescale and not resizes:
+                # Cast and rescale in one pass, into a new array: the float32 product is that of the cast pixels.
+                rescaled = np.multiply(image, np.float32(rescale_factor), dtype=np.float32, order="C")
+                image, do_rescale, owned = torch.from_numpy(rescaled), False, True
+            else:
+                image = torch.from_numpy(np.array(image, dtype=np.float32))
+        if resizes:
             mode = _TORCH_INTERPOLATION[PILImageResampling(resample)]
             image = F.interpolate(
                 image[None],
@@ -381,7 +394,7 @@ class EpngImageProcessor(BaseImageProcessor):
             check_input_size(image.shape[-2], image.shape[-1], "Without resizing, image sides")
         # The same operations as `(image * rescale_factor - mean) / std`, written into one contiguous output (the
         # input may be the caller's tensor, or a channels-last view of the decoded image).
-        output = torch.empty_like(image, memory_format=torch.contiguous_format)
+        output = image if owned else torch.empty_like(image, memory_format=torch.contiguous_format)
         if do_rescale:
             image = torch.mul(image, rescale_factor, out=output)
         if do_normalize:
