@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server_port", type=int, default=None, help="port (default: first free one from 7860)")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
     parser.add_argument("--device", default=None, help="torch device of the model (default: cpu)")
+    parser.add_argument("--no_optimize", action="store_true", help="run the model without optimize_for_inference()")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    grounder = Grounder.from_pretrained(args.model_name_or_path, device=args.device)
+    grounder = Grounder.from_pretrained(args.model_name_or_path, device=args.device, optimize=not args.no_optimize)
     demo = build_demo(grounder, args.examples_dir, args.max_image_pixels)
     launch(demo, args.server_name, args.server_port, args.examples_dir)
 

@@ -99,9 +99,12 @@ class Grounder:
         self.pipeline = grounding_pipeline
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path: str | Path, device: str | None = None) -> Grounder:
-        """The pipeline of a folder written by `save_pretrained` or of a Hub repository id."""
-        return cls(pipeline(TASK, model=str(model_name_or_path), device=device))
+    def from_pretrained(
+        cls, model_name_or_path: str | Path, device: str | None = None, optimize: bool = True
+    ) -> Grounder:
+        """The pipeline of a folder written by `save_pretrained` or of a Hub repository id; `optimize=False` runs the
+        model as loaded instead of after `optimize_for_inference()`."""
+        return cls(pipeline(TASK, model=str(model_name_or_path), device=device, optimize=optimize))
 
     @property
     def default_threshold(self) -> float:

@@ -151,3 +151,14 @@ def test_demo_page_has_the_inputs_outputs_and_examples(grounder, tmp_path):
         element_ids
     )
     assert any(type(block).__name__ == "Dataset" for block in demo.blocks.values())  # the examples
+
+
+@pytest.mark.parametrize("flags, optimized", [([], True), (["--no_optimize"], False)])
+def test_app_runs_the_fast_path_unless_told_not_to(tmp_path, minilm_path, monkeypatch, flags, optimized):
+    import training.app as app
+
+    built = {}
+    monkeypatch.setattr(app, "build_demo", lambda grounder, *args: built.setdefault("grounder", grounder))
+    monkeypatch.setattr(app, "launch", lambda *args: None)
+    app.main(["--model_name_or_path", str(save_tiny_model(tmp_path / "model", minilm_path)), *flags])
+    assert (getattr(built["grounder"].pipeline.model, "inference_settings", None) is not None) == optimized
