@@ -183,8 +183,8 @@ def _to_rgb_tensor(
     image: Any, input_data_format: ChannelDimension | str | None
 ) -> tuple[torch.Tensor | np.ndarray, bool]:
     """One image → (float `(3, H, W)` tensor, whether its values are integers on the 0–255 scale). An 8-bit PIL image
-    comes as its uint8 `(3, H, W)` array instead (a view of the decoded pixels), which `_transform` casts in the same
-    pass as it rescales or resizes."""
+    comes as its uint8 `(3, H, W)` array instead (a view of the decoded pixels): `_transform` casts it in the pass that
+    rescales it where the image needs no resize, and in a copy of its own before a resize."""
     if isinstance(image, Image.Image):
         array = _pil_to_rgb_array(image).transpose(2, 0, 1)
         if array.dtype == np.uint8:
