@@ -145,8 +145,11 @@ def test_image_as_path_url_pil_or_array(grounder, tmp_path):
             assert a["score"] == pytest.approx(b["score"], abs=1e-6)
 
 
-def test_dtype_and_device(model_folder):
-    grounder = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu", dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype_keyword", ["dtype", "torch_dtype"])  # torch_dtype: transformers' older name
+def test_dtype_and_device(model_folder, dtype_keyword):
+    grounder = pipeline(
+        "panoptic-narrative-grounding", model=str(model_folder), device="cpu", **{dtype_keyword: torch.bfloat16}
+    )
     assert grounder.model.dtype == torch.bfloat16 and grounder.device == torch.device("cpu")
     results = grounder(random_image(), NARRATIVE, phrases=["a dog"])
     assert results[0]["mask"].size == (70, 50) and 0.0 <= results[0]["score"] <= 1.0
