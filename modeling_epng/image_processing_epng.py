@@ -393,7 +393,8 @@ class EpngImageProcessor(BaseImageProcessor):
         elif not do_resize:
             check_input_size(image.shape[-2], image.shape[-1], "Without resizing, image sides")
         # The same operations as `(image * rescale_factor - mean) / std`, written into one contiguous output (the
-        # input may be the caller's tensor, or a channels-last view of the decoded image).
+        # input may be the caller's tensor, or the decoded image cast to float in its channels-last order); an image
+        # already cast and rescaled above is a new array of its own, normalised in place.
         output = image if owned else torch.empty_like(image, memory_format=torch.contiguous_format)
         if do_rescale:
             image = torch.mul(image, rescale_factor, out=output)
