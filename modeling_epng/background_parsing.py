@@ -55,11 +55,21 @@ class PendingPhraseSpans:
 
     def child_spans(self) -> list[tuple[int, int]] | None:
         """The spans the child found, or `None` should it fail (nothing is parsed here, nothing cached)."""
+        response = self._child_response()
+        return None if response is None else [(int(start), int(end)) for start, end in response["spans"]]
+
+    def token_phrase_ids(self) -> list[int] | None:
+        """The phrase index of every token of the offsets submitted with the narrative (-1 outside phrases), as the
+        child mapped the spans of `result()` onto them; `None` where it did not: no offsets submitted, a phrase that
+        covers no token (the caller maps those itself, to warn or raise), or the child failed."""
+        response = self._child_response()
+        return None if response is None else response.get("phrase_ids")
+
+    def _child_response(self) -> dict | None:
         try:
-            spans = self._future.result(timeout=BackgroundPhraseParser.timeout)
+            return self._future.result(timeout=BackgroundPhraseParser.timeout)
         except Exception:
             return None
-        return [(int(start), int(end)) for start, end in spans]
 
 
 class BackgroundPhraseParser:
@@ -123,16 +133,19 @@ class BackgroundPhraseParser:
         self._ready.wait(timeout)
         return self.ready
 
-    def submit(self, text: str) -> PendingPhraseSpans | None:
-        """Send `text` to the child; `None` while it is not ready (or no longer alive)."""
+    def submit(self, text: str, token_offsets: list[list[int]] | None = None) -> PendingPhraseSpans | None:
+        """Send `text` to the child, with the `(char_start, char_end)` of the tokens of its tokenisation for the child
+        to map the phrases onto (see `PendingPhraseSpans.token_phrase_ids`); `None` while the child is not ready (or
+        no longer alive)."""
         if not self.ready:
             return None
         future: Future = Future()
+        request = {"text": text} if token_offsets is None else {"text": text, "offsets": token_offsets}
         with self._lock:
             request_id = next(self._ids)
             self._futures[request_id] = future
             try:
-                self._process.stdin.write(json.dumps({"id": request_id, "text": text}) + "\n")
+                self._process.stdin.write(json.dumps({"id": request_id, **request}) + "\n")
                 self._process.stdin.flush()
             except (OSError, ValueError):
                 self._futures.pop(request_id)
@@ -156,7 +169,7 @@ class BackgroundPhraseParser:
                     future = self._futures.pop(message["id"], None)
                 if future is not None:
                     if "spans" in message:
-                        future.set_result(message["spans"])
+                        future.set_result(message)
                     else:
                         future.set_exception(RuntimeError(message.get("error", "the phrase parser failed")))
         self._alive = False

@@ -35,7 +35,8 @@ without it; its English pipelines install with `pip install "epng[phrases]"`. Th
 is not parsed again.
 
 `serve_phrase_requests` is the loop of the child process that `background_parsing.py` starts to parse on another
-core; this file imports only the standard library at the top, so the child loads it by path.
+core (and to map the phrases onto the caller's tokens there); this file imports only the standard library at the
+top, so the child loads it by path.
 """
 
 from __future__ import annotations
@@ -292,9 +293,29 @@ def clear_phrase_cache() -> None:
         _span_cache.clear()
 
 
+def _load_sibling_module(name: str):
+    """The module of this file's sibling `name.py`, loaded by path (the child process runs this file outside its
+    package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"epng_phrase_worker_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def serve_phrase_requests(spacy_model: str | None = None) -> None:
     """The loop of a `BackgroundPhraseParser`'s child process: one JSON request per line on stdin, one response
-    per line on stdout."""
+    per line on stdout.
+
+    A request is `{"id", "text"}`, and `"offsets"` (the `(char_start, char_end)` of every token of a tokenisation,
+    (0, 0) for special tokens) where the caller wants the phrases mapped onto its tokens; the response is
+    `{"id", "spans"}`, with `"phrase_ids"` (the phrase index of every token, -1 outside phrases, as
+    `phrase_spans.token_phrase_ids` gives them) when offsets came and every phrase covers a token (the caller maps
+    the others itself, which warns or raises as it should).
+    """
+    import numpy as np
 
     def send(message: dict) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
@@ -302,6 +323,7 @@ def serve_phrase_requests(spacy_model: str | None = None) -> None:
 
     try:
         nlp = load_spacy_pipeline(spacy_model)
+        token_phrase_ids = _load_sibling_module("phrase_spans").token_phrase_ids
     except Exception as error:
         send({"error": str(error)})
         return
@@ -309,7 +331,14 @@ def serve_phrase_requests(spacy_model: str | None = None) -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            send({"id": request["id"], "spans": phrase_spans_from_doc(nlp(request["text"]))})
+            spans = phrase_spans_from_doc(nlp(request["text"]))
+            response = {"id": request["id"], "spans": spans}
+            if request.get("offsets") is not None:
+                offsets = np.array(request["offsets"], dtype=np.int64).reshape(-1, 2)
+                phrase_ids = token_phrase_ids(offsets, None, spans)
+                if np.unique(phrase_ids[phrase_ids >= 0]).size == len(spans):
+                    response["phrase_ids"] = phrase_ids.tolist()
+            send(response)
         except Exception as error:
             send({"id": request["id"], "error": f"{type(error).__name__}: {error}"})
 

@@ -12,7 +12,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Phrases of a narrative as character spans, and the phrase each token belongs to: the text side of
-[`EpngProcessor`], shared with the pipeline."""
+[`EpngProcessor`], shared with the pipeline. NumPy only (no torch), so that the phrase parser's child process, which
+runs without torch, maps its phrases onto a tokenisation with the same code."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 PhraseSpec = tuple[int, int] | str
 
@@ -137,8 +137,8 @@ def token_phrase_ids(
 
 def assign_phrases_to_tokens(
     texts: Sequence[str], phrases, offsets: np.ndarray, max_length: int | None, stacklevel: int
-) -> dict[str, torch.Tensor]:
-    """`phrase_ids` long `(B, T)` and `phrase_mask` bool `(B, P)` of narratives from their token offsets (`(B, T, 2)`,
+) -> dict[str, np.ndarray]:
+    """`phrase_ids` int64 `(B, T)` and `phrase_mask` bool `(B, P)` of narratives from their token offsets (`(B, T, 2)`,
     (0, 0) for special and padding tokens); `ValueError` for a phrase that covers no token, a warning (at
     `stacklevel`) for one that truncation to `max_length` left without tokens."""
     if len(phrases) != len(texts):
@@ -169,7 +169,7 @@ def assign_phrases_to_tokens(
                 UserWarning,
                 stacklevel=stacklevel,
             )
-    return {"phrase_ids": torch.from_numpy(phrase_ids), "phrase_mask": torch.from_numpy(phrase_mask)}
+    return {"phrase_ids": phrase_ids, "phrase_mask": phrase_mask}
 
 
 __all__ = ["PhraseSpec", "assign_phrases_to_tokens", "check_phrase_nesting", "resolve_phrase_spans", "token_phrase_ids"]

@@ -179,29 +179,31 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         if not isinstance(narrative, str) or not narrative.strip():
             raise ValueError(f"The narrative must be a non-empty string, got {narrative!r}")
         phrases = inputs.get("phrases", "auto")
+        image = inputs.get("image")
+        if image is None:
+            raise ValueError("Give an image with the narrative (a path, an http(s) URL, a PIL image or an array).")
         pending = None
         if isinstance(phrases, str) and phrases == "auto" and cached_phrase_spans(narrative, spacy_model) is None:
             if parse_in_background is None:
                 parse_in_background = _usable_cores() > 1
-            if parse_in_background:
-                pending = background_phrase_parser(spacy_model).submit(narrative)
-        image = inputs.get("image")
-        if image is None:
-            raise ValueError("Give an image with the narrative (a path, an http(s) URL, a PIL image or an array).")
+            parser = background_phrase_parser(spacy_model) if parse_in_background else None
+            if parser is not None and parser.ready:
+                # The narrative is tokenised now, for the text encoder to start, and goes to the child with its
+                # tokens' offsets: the child parses it and maps the phrases onto these tokens meanwhile. The image is
+                # processed in `_forward` after the text encoder, as a deferred call, which no device move touches.
+                encoded = self.processor(text=narrative, max_length=max_length, return_offsets_mapping=True)
+                offsets = encoded["offset_mapping"].numpy()  # stays on the CPU, where phrases map onto it
+                pending = parser.submit(narrative, offsets[0].tolist())
         if isinstance(image, str):
             image = load_image(image, timeout=timeout)
         if pending is not None:
-            # The narrative is tokenised now, for the text encoder to start; its image is processed in `_forward`
-            # after the text encoder, while the child may still be parsing, and its phrases mapped onto this
-            # tokenisation once the child answers. The image goes as a deferred call, which no device move touches.
-            encoded = self.processor(text=narrative, max_length=max_length, return_offsets_mapping=True)
             return {
                 "input_ids": encoded["input_ids"],
                 "attention_mask": encoded["attention_mask"],
                 "narrative": narrative,
                 "process_image": functools.partial(self.processor.image_processor, image, return_tensors="pt"),
                 "pending_spans": pending,
-                "offset_mapping": encoded["offset_mapping"].numpy(),  # stays on the CPU, where phrases map onto it
+                "offset_mapping": offsets,
                 "max_length": max_length,
             }
         if not isinstance(phrases, str):
@@ -240,13 +242,22 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
         if "pending_spans" in model_inputs:  # the narrative is being parsed in the child process meanwhile
             token_features = self.model.get_token_features(model_inputs["input_ids"], model_inputs["attention_mask"])
             image_inputs = model_inputs["process_image"]()
-            spans = model_inputs["pending_spans"].result()
-            encoded = self.processor.phrase_inputs(
-                model_inputs["narrative"], spans, model_inputs["offset_mapping"], model_inputs["max_length"]
-            )
+            pending = model_inputs["pending_spans"]
+            spans = pending.result()
+            token_phrase_ids = pending.token_phrase_ids()
+            if token_phrase_ids is None:  # the child did not map them: see `PendingPhraseSpans.token_phrase_ids`
+                encoded = self.processor.phrase_inputs(
+                    model_inputs["narrative"], spans, model_inputs["offset_mapping"], model_inputs["max_length"]
+                )
+                phrase_inputs = self._phrase_inputs(encoded)
+            else:  # every phrase covers a token
+                phrase_inputs = {
+                    "token_phrase_slots": torch.tensor([token_phrase_ids]).add_(1),
+                    "phrase_mask": torch.ones((1, len(spans)), dtype=torch.bool),
+                }
             model_inputs = {
                 **model_inputs,
-                **{key: value.to(self.device) for key, value in self._phrase_inputs(encoded).items()},
+                **{key: value.to(self.device) for key, value in phrase_inputs.items()},
                 "pixel_values": image_inputs["pixel_values"].to(self.device),
                 "original_size": self._original_size(image_inputs),
                 "spans": [tuple(span) for span in spans],

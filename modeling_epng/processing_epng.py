@@ -244,7 +244,8 @@ class EpngProcessor(ProcessorMixin):
         if return_offsets_mapping:
             text_inputs["offset_mapping"] = torch.from_numpy(offset_mapping)
         if phrases is not None:
-            text_inputs.update(assign_phrases_to_tokens(texts, phrases, offset_mapping, max_length, stacklevel=4))
+            assigned = assign_phrases_to_tokens(texts, phrases, offset_mapping, max_length, stacklevel=4)
+            text_inputs.update({key: torch.from_numpy(value) for key, value in assigned.items()})
         return text_inputs
 
     def phrase_inputs(
@@ -277,7 +278,8 @@ class EpngProcessor(ProcessorMixin):
                 f"`offset_mapping` must have shape (B={len(texts)}, T, 2), got {tuple(offsets.shape)}: pass the one "
                 "returned with these narratives."
             )
-        return assign_phrases_to_tokens(texts, phrases, offsets, max_length, stacklevel=3)
+        assigned = assign_phrases_to_tokens(texts, phrases, offsets, max_length, stacklevel=3)
+        return {key: torch.from_numpy(value) for key, value in assigned.items()}
 
     @staticmethod
     def _pad_mask_labels(mask_labels: list[torch.Tensor], num_phrase_slots: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ from transformers import pipeline
 
 from modeling_epng import EpngConfig, EpngForPanopticNarrativeGrounding
 from modeling_epng.background_parsing import BackgroundPhraseParser, background_phrase_parser
+from modeling_epng.image_processing_epng import EpngImageProcessor
 from modeling_epng.phrase_extraction import clear_phrase_cache, extract_phrase_spans
+from modeling_epng.processing_epng import EpngProcessor
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "localized_narratives.json"
 
@@ -34,6 +37,30 @@ def test_child_finds_the_spans_of_the_process(parser):
         pending = parser.submit(text)
         assert pending is not None
         assert pending.result() == extract_phrase_spans(text)
+
+
+@pytest.mark.parametrize("max_length", [300, 12])
+def test_child_maps_the_phrases_onto_the_tokens_as_the_processor_does(parser, tokenizer, max_length):
+    """Given the offsets of a tokenisation, the child returns the phrase of every token as the processor maps them;
+    where a phrase covers no token (truncated at 12 tokens), it leaves the mapping to the caller."""
+    processor = EpngProcessor(EpngImageProcessor(size={"height": 64, "width": 64}), tokenizer)
+    unmapped = 0
+    for text in narratives()[:8]:
+        offsets = processor(text=text, max_length=max_length, return_offsets_mapping=True)["offset_mapping"]
+        clear_phrase_cache()
+        pending = parser.submit(text, offsets[0].tolist())
+        spans = pending.result()
+        token_phrase_ids = pending.token_phrase_ids()
+        with warnings.catch_warnings(record=True) as truncation_warnings:
+            warnings.simplefilter("always")
+            expected = processor.phrase_inputs(text, spans, offsets, max_length)
+        if truncation_warnings:
+            assert token_phrase_ids is None and not expected["phrase_mask"].all()
+            unmapped += 1
+        else:
+            assert token_phrase_ids == expected["phrase_ids"][0].tolist() and expected["phrase_mask"].all()
+    assert unmapped == (8 if max_length == 12 else 0)
+    assert parser.submit(narratives()[0]).token_phrase_ids() is None  # no offsets, no mapping
 
 
 def test_the_child_of_the_default_pipelines_leaves_torch_out(parser):
@@ -116,6 +143,11 @@ def _count_calls(model):
 def test_pipeline_masks_equal_those_of_a_parse_in_process(model_folder, parser, optimize, monkeypatch):
     grounder = pipeline("panoptic-narrative-grounding", model=str(model_folder), device="cpu", optimize=optimize)
     calls = _count_calls(grounder.model)
+    mapped_here = []
+    phrase_inputs = grounder.processor.phrase_inputs
+    monkeypatch.setattr(
+        grounder.processor, "phrase_inputs", lambda *a, **k: mapped_here.append(1) or phrase_inputs(*a, **k)
+    )
     tokenized = []
     tokenize = type(grounder.processor.tokenizer).__call__
     monkeypatch.setattr(
@@ -135,6 +167,7 @@ def test_pipeline_masks_equal_those_of_a_parse_in_process(model_folder, parser, 
         for ours, theirs in zip(background, in_process, strict=True):
             np.testing.assert_array_equal(np.asarray(ours["mask"]), np.asarray(theirs["mask"]))
     assert len(calls) == 3  # the background path ran, once per narrative
+    assert not mapped_here  # the child mapped the phrases onto the tokens
 
 
 def test_truncation_drops_phrases_in_the_background_as_in_the_process(model_folder, parser):
