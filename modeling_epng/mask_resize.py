@@ -264,7 +264,7 @@ def resize_and_threshold(
     resize runs as one pass per axis, one output phase at a time (about twice as fast as `F.interpolate` on a CPU for
     15 masks from 56 x 56 to 224 x 224). Other targets of at least `_BLOCKED_RESIZE_MIN_PIXELS` on a CPU are resized a
     block of rows at a time (2-7x faster for 15 masks from 640 x 480 to 1920 x 1080, on a 2-core AMD EPYC). On a CPU
-    with numba, both routes run as the fused kernel instead (another 1.7-3x, counts included). All stay within one
+    with numba, both routes run as the fused kernel instead (another 1.7-2.5x, counts included). All stay within one
     float32 rounding of `F.interpolate`, which resizes the rest.
     """
     num_phrases, height, width = probabilities.shape
