@@ -181,3 +181,20 @@ def test_inference_fast_path_is_on_by_default(grounder, model_folder):
         assert a["score"] == pytest.approx(b["score"], abs=2e-2)
         disagreement = (np.asarray(a["mask"]) != np.asarray(b["mask"])).mean()
         assert disagreement < 0.05
+
+
+def test_cpu_forward_equals_the_base_forward_without_its_device_walk(grounder, monkeypatch):
+    from transformers import Pipeline
+
+    model_inputs = grounder.preprocess({"image": random_image(), "narrative": NARRATIVE, "phrases": "auto"})
+    expected = Pipeline.forward(grounder, model_inputs)
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the CPU forward walked its inputs or outputs")
+
+    monkeypatch.setattr(grounder, "_ensure_tensor_on_device", no_walk)
+    outputs = grounder.forward(model_inputs)
+    assert outputs.keys() == expected.keys()
+    torch.testing.assert_close(outputs["mask_logits"], expected["mask_logits"], rtol=0, atol=0)
+    assert outputs["mask_logits"].is_inference()
+    assert outputs["spans"] == expected["spans"] and outputs["original_size"] == expected["original_size"]
