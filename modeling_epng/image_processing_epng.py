@@ -20,6 +20,7 @@ matches PIL's bicubic filter within one grey level) so one code path serves PIL 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from transformers.image_utils import ChannelDimension, PILImageResampling, SizeD
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .configuration_epng import check_input_size
+from .pixel_lookup import compiled_pixel_lookup, lookup_pixels
 
 EPNG_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 EPNG_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -206,6 +208,52 @@ def _as_image_list(images: Any) -> list:
     return [images]
 
 
+def _rescale_and_normalize(
+    image: torch.Tensor | np.ndarray,
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: tuple[float, ...],
+    image_std: tuple[float, ...],
+) -> torch.Tensor:
+    """`(image * rescale_factor - mean) / std` (each step where asked) into a new contiguous float32 tensor, from a
+    float `(3, H, W)` tensor (the caller's, or a resized image) or the uint8 `(3, H, W)` array of an 8-bit image."""
+    owned = False
+    if isinstance(image, np.ndarray):
+        if do_rescale:
+            # Cast and rescale in one pass, into a new array: the float32 product is that of the cast pixels.
+            rescaled = np.multiply(image, np.float32(rescale_factor), dtype=np.float32, order="C")
+            image, do_rescale, owned = torch.from_numpy(rescaled), False, True
+        else:
+            image = torch.from_numpy(np.array(image, dtype=np.float32))
+    # The same operations, written into one contiguous output (the input may be the caller's tensor, or the decoded
+    # image cast to float in its channels-last order); an image already cast and rescaled above is a new array of its
+    # own, normalised in place.
+    output = image if owned else torch.empty_like(image, memory_format=torch.contiguous_format)
+    if do_rescale:
+        image = torch.mul(image, rescale_factor, out=output)
+    if do_normalize:
+        mean = torch.tensor(image_mean, dtype=image.dtype).view(-1, 1, 1)
+        std = torch.tensor(image_std, dtype=image.dtype).view(-1, 1, 1)
+        image = torch.sub(image, mean, out=output).div_(std)
+    return image if image is output else output.copy_(image)
+
+
+@functools.lru_cache(maxsize=16)
+def _level_values(
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: tuple[float, ...],
+    image_std: tuple[float, ...],
+) -> np.ndarray:
+    """float32 `(3, 256)`: what [`_rescale_and_normalize`] gives each 8-bit level of each channel, by the same
+    operations (elementwise, so each value is the one it gives that level in any image)."""
+    levels = np.ascontiguousarray(np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 1, 256)))
+    values = _rescale_and_normalize(levels, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+    return values[:, 0].numpy()
+
+
 class EpngImageProcessor(BaseImageProcessor):
     r"""
     Image processor of EPNG. Resizes every image to one fixed model size (bicubic, as in the paper), rescales by
@@ -372,13 +420,14 @@ class EpngImageProcessor(BaseImageProcessor):
         # Resizing to the size the image has is the identity (every kernel weight is 1 or 0): skipped, it gives the
         # same values without a pass over the image.
         resizes = do_resize and tuple(image.shape[-2:]) != (size.height, size.width)
-        owned = False
+        if not do_resize:
+            check_input_size(image.shape[-2], image.shape[-1], "Without resizing, image sides")
+        scaling = (do_rescale, float(rescale_factor), do_normalize, tuple(image_mean), tuple(image_std))
         if isinstance(image, np.ndarray):
-            if do_rescale and not resizes:
-                # Cast and rescale in one pass, into a new array: the float32 product is that of the cast pixels.
-                rescaled = np.multiply(image, np.float32(rescale_factor), dtype=np.float32, order="C")
-                image, do_rescale, owned = torch.from_numpy(rescaled), False, True
-            else:
+            if not resizes and (kernel := compiled_pixel_lookup()) is not None:
+                # An 8-bit image has 256 levels per channel: their values, computed as below, looked up per pixel.
+                return lookup_pixels(kernel, image, _level_values(*scaling))
+            if resizes:
                 image = torch.from_numpy(np.array(image, dtype=np.float32))
         if resizes:
             mode = _TORCH_INTERPOLATION[PILImageResampling(resample)]
@@ -390,19 +439,7 @@ class EpngImageProcessor(BaseImageProcessor):
             )[0]
             if is_integer and mode == "bicubic":
                 image = image.clamp(0.0, 255.0)
-        elif not do_resize:
-            check_input_size(image.shape[-2], image.shape[-1], "Without resizing, image sides")
-        # The same operations as `(image * rescale_factor - mean) / std`, written into one contiguous output (the
-        # input may be the caller's tensor, or the decoded image cast to float in its channels-last order); an image
-        # already cast and rescaled above is a new array of its own, normalised in place.
-        output = image if owned else torch.empty_like(image, memory_format=torch.contiguous_format)
-        if do_rescale:
-            image = torch.mul(image, rescale_factor, out=output)
-        if do_normalize:
-            mean = torch.tensor(image_mean, dtype=image.dtype).view(-1, 1, 1)
-            std = torch.tensor(image_std, dtype=image.dtype).view(-1, 1, 1)
-            image = torch.sub(image, mean, out=output).div_(std)
-        return image if image is output else output.copy_(image)
+        return _rescale_and_normalize(image, *scaling)
 
     def _build_mask_labels(self, panoptic_maps, phrase_segment_ids, known_segment_ids, batch_size, pixel_values):
         if panoptic_maps is None or phrase_segment_ids is None:

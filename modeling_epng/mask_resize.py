@@ -20,11 +20,12 @@ sums and counts while each row is in the caches, instead of several torch passes
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .numba_kernels import compile_kernel
 
 # On the CPU, a resize to at least this many output pixels (all phrases of a chunk) runs as two passes of lerps, the
 # second one block of rows at a time (at most this many float32 pixels, which stay in the caches while they are
@@ -205,26 +206,9 @@ _FUSED_KERNEL_SIGNATURE = (
 
 @functools.cache
 def _compiled_fused_kernel():
-    """[`_fused_resize_and_threshold`] compiled by numba (about a second the first time, then loaded from numba's
-    cache), or `None` where numba is not installed or cannot compile it (the torch routes run instead)."""
-    try:
-        import numba
-    except ImportError:
-        return None
-    options = {"nogil": True, "fastmath": {"contract"}, "boundscheck": False}
-    try:
-        return numba.njit(_FUSED_KERNEL_SIGNATURE, cache=True, **options)(_fused_resize_and_threshold)
-    except Exception as cache_error:  # noqa: BLE001 - numba's errors have no common base; any means "not cached"
-        try:  # where no cache directory is writable
-            return numba.njit(_FUSED_KERNEL_SIGNATURE, **options)(_fused_resize_and_threshold)
-        except Exception as error:  # noqa: BLE001
-            warnings.warn(
-                f"numba could not compile the fused mask resize ({cache_error!r}; {error!r}): masks are resized by "
-                "torch instead.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
+    """[`_fused_resize_and_threshold`] compiled by numba, or `None` where numba is not installed or cannot compile it
+    (the torch routes run instead)."""
+    return compile_kernel(_fused_resize_and_threshold, lambda numba: _FUSED_KERNEL_SIGNATURE, "the fused mask resize")
 
 
 def _fused_resize(kernel, probabilities: torch.Tensor, masks: torch.Tensor, below: float):

@@ -90,6 +90,60 @@ def test_pixel_values_equal_the_plain_formula_bit_for_bit(resample, image_size, 
     assert torch.equal(pixel_values, expected)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"do_rescale": False},
+        {"do_normalize": False},
+        {"do_rescale": False, "do_normalize": False},
+        {"image_mean": (0.5, 0.25, 0.125), "image_std": (0.2, 0.3, 0.7), "rescale_factor": 1 / 127.5},
+        {"do_resize": False},
+    ],
+    ids=["defaults", "no-rescale", "no-normalize", "neither", "other-scaling", "no-resize"],
+)
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_level_lookup_of_8_bit_images_equals_the_arithmetic_bit_for_bit(settings, mode, monkeypatch):
+    """An 8-bit image at the model size, rescaled and normalised by looking its levels up in a table (numba, installed
+    by the test environment), gives the values that the arithmetic on the cast image gives."""
+    import modeling_epng.image_processing_epng as image_processing
+
+    image = Image.fromarray(random_image(64, 96, seed=3)).convert(mode)
+    processor = EpngImageProcessor(size=SIZE, **settings)
+    assert image_processing.compiled_pixel_lookup() is not None
+    looked_up = processor(image, return_tensors="pt")["pixel_values"]
+    monkeypatch.setattr(image_processing, "compiled_pixel_lookup", lambda: None)
+    computed = processor(image, return_tensors="pt")["pixel_values"]
+    assert looked_up.is_contiguous() and looked_up.dtype == torch.float32
+    assert torch.equal(looked_up, computed)
+
+
+def test_pixel_lookup_is_left_out_where_numba_is_missing_or_cannot_compile(monkeypatch):
+    """Without numba the arithmetic runs, silently; with a numba that fails to compile, it runs after a warning that
+    says so, and gives the same values."""
+    import sys
+
+    import modeling_epng.image_processing_epng as image_processing
+    import modeling_epng.pixel_lookup as pixel_lookup
+
+    image = Image.fromarray(random_image(64, 96, seed=4))
+    expected = EpngImageProcessor(size=SIZE)(image, return_tensors="pt")["pixel_values"]
+    compile_anew = pixel_lookup.compiled_pixel_lookup.__wrapped__  # not the cached kernel
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    assert compile_anew() is None
+
+    class FailingNumba:
+        @staticmethod
+        def njit(*args, **kwargs):
+            raise RuntimeError("no LLVM target")
+
+    monkeypatch.setitem(sys.modules, "numba", FailingNumba)
+    monkeypatch.setattr(image_processing, "compiled_pixel_lookup", compile_anew)
+    with pytest.warns(RuntimeWarning, match="numba could not compile the pixel lookup"):
+        pixel_values = EpngImageProcessor(size=SIZE)(image, return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixel_values, expected)
+
+
 @pytest.mark.parametrize("height, width", [(65, 64), (64, 100), (0, 64)])
 def test_size_must_be_multiple_of_32(height, width):
     with pytest.raises(ValueError, match="multiples of 32"):
