@@ -64,10 +64,12 @@ CODE_FILES = [
     "losses.py",
     "mask_resize.py",
     "modeling_epng.py",
+    "numba_kernels.py",
     "packed_linear.py",
     "phrase_extraction.py",
     "phrase_spans.py",
     "pipeline_epng.py",
+    "pixel_lookup.py",
     "processing_epng.py",
     "visual_encoder.py",
 ]

@@ -31,6 +31,8 @@ PACKAGE_CODE_FILES = {
     "visual_encoder.py": "modeling_epng/visual_encoder.py",
     "processing_epng.py": "modeling_epng/processing_epng.py",
     "mask_resize.py": "modeling_epng/mask_resize.py",
+    "numba_kernels.py": "modeling_epng/numba_kernels.py",
+    "pixel_lookup.py": "modeling_epng/pixel_lookup.py",
     "image_processing_epng.py": "modeling_epng/image_processing_epng.py",
     "phrase_extraction.py": "modeling_epng/phrase_extraction.py",
     "phrase_spans.py": "modeling_epng/phrase_spans.py",
