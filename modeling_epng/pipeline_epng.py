@@ -114,7 +114,7 @@ class EpngPanopticNarrativeGroundingPipeline(Pipeline):
             return super().forward(model_inputs, **forward_params)
         # On the CPU, `Pipeline.forward`'s moves of the inputs and outputs to the devices move nothing, but their walk
         # through every span of every narrative cost 0.06-0.17 ms a call at the demo model's size.
-        with torch.inference_mode():
+        with self.get_inference_context()():
             return self._forward(model_inputs, **forward_params)
 
     def _sanitize_parameters(
